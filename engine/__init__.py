@@ -1,0 +1,15 @@
+"""faeval engine: audit local-credit learning rules against the protocol, without any UI.
+
+    from engine import load_config, Audit, AuditRunner
+    audit = Audit.create(load_config("synthetic_default", ["epochs=3"]), "runs")
+    AuditRunner(audit).submit_unfinished(); AuditRunner.run(...)
+"""
+from .audit import Audit, AuditRunner, RunSpec, plan_runs
+from .config import AuditConfig, Thresholds, load_config
+from .errors import ConfigError, DataError, FaevalError, StoreError
+from .methods import Method, Probe, available_methods, get_method, register_method
+from .model import Auditable, ResMLP
+
+__all__ = ["Audit", "AuditConfig", "AuditRunner", "Auditable", "ConfigError", "DataError", "FaevalError",
+           "Method", "Probe", "ResMLP", "RunSpec", "StoreError", "Thresholds", "available_methods", "get_method",
+           "load_config", "plan_runs", "register_method"]

@@ -1,0 +1,251 @@
+"""Audit configuration: defaults, then a preset's YAML, then ``--set`` overrides.
+
+One pydantic model validates all three, so a typo in a file and on the command line
+get the same message: the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+DEFAULT_PRESET = "synthetic_default"
+STANDARD_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Strict):
+    """The teacher task: x ~ N(0, I), labels = argmax of a fixed random tanh MLP."""
+
+    n_train: int = Field(8192, ge=16, le=10_000_000)
+    n_test: int = Field(2048, ge=16, le=10_000_000)
+    in_dim: int = Field(32, ge=1, le=100_000)
+    classes: int = Field(10, ge=2, le=10_000)
+    teacher_width: int = Field(128, ge=1, le=100_000)
+    teacher_depth: int = Field(3, ge=1, le=64)
+    teacher_gain: float = Field(2.0, gt=0, le=100)
+    seed: int = Field(0, ge=0)
+
+
+class DiagnosticsConfig(_Strict):
+    """Protocol measurement settings; the thresholds assume n_samples = 1024."""
+
+    n_samples: int = Field(1024, ge=16, le=100_000)
+    stability_batches: int = Field(8, ge=2, le=1024)
+    rho_directions: int = Field(32, ge=1, le=4096)
+    rho_eps: float = Field(1e-3, gt=0, le=1)
+    rho_samples: int = Field(1024, ge=2, le=100_000, description="samples used for rho (≤ n_samples)")
+    rho_every: int = Field(1, ge=1, description="measure rho every k epochs (always at the last)")
+    null_draws: int = Field(20, ge=2, le=1000)
+    null_every: int = Field(1, ge=1, description="null band every k epochs (always at the last)")
+
+
+class Thresholds(_Strict):
+    """The declared thresholds: alerts, verdicts and chart lines all read these."""
+
+    growth: float = Field(50.0, gt=0, description="(a) fires when growth > this")
+    g_floor: float = Field(1e-7, gt=0, description="(b) fires when ‖g_L‖ < this")
+    stability: float = Field(0.30, ge=-1, le=1, description="(c) drift when stability > this")
+    depth_margin: float = Field(0.0, ge=-1, le=1, description="(d) fires when acc < baseline + margin")
+
+
+class AuditConfig(_Strict):
+    """Everything an audit needs. Flat for the keys users change most (``--set epochs=2``)."""
+
+    name: str = Field(DEFAULT_PRESET, min_length=1, max_length=80)
+    description: str = ""
+    dataset: Literal["synthetic", "cifar10", "cifar100"] = "synthetic"
+    data_dir: str | None = None
+    download: bool = True
+    random_targets: bool = False
+    synthetic: SyntheticConfig = SyntheticConfig()
+    d: int = Field(256, ge=1, le=65_536)
+    L: int = Field(4, ge=1, le=256)
+    r: float = Field(1.0, gt=0, le=64)
+    terminal_ln: bool = True
+    epochs: int = Field(100, ge=1, le=100_000)
+    batch_size: int = Field(128, ge=1, le=1_000_000)
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.01, ge=0, le=10)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    methods: list[str] = Field(default_factory=lambda: ["bp", "fa", "dfa", "frozen"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [42, 123, 456], min_length=1)
+    penalties: list[float] = Field(default_factory=list, description="λ values for penalty reruns")
+    penalty_methods: list[str] = Field(default_factory=lambda: ["fa", "dfa"])
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int = Field(1, ge=1, le=64, description="runs trained at the same time")
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    thresholds: Thresholds = Thresholds()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        # the name becomes a directory under the runs dir: keep it a plain file name
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v) or ".." in v:
+            raise ValueError("use letters, digits, '_', '-' and '.', starting with a letter or digit")
+        return v
+
+    @field_validator("methods", "penalty_methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        from .methods import available_methods
+
+        known = available_methods()
+        bad = [m for m in v if m not in known]
+        if bad:
+            raise ValueError(f"unknown method {bad[0]!r}; known methods: {', '.join(known)}")
+        if len(set(v)) != len(v):
+            raise ValueError("a method is listed twice")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("a seed is listed twice")
+        if any(s < 0 or s >= 2**63 for s in v):
+            raise ValueError("seeds must be in [0, 2^63)")
+        return v
+
+    @field_validator("penalties")
+    @classmethod
+    def _positive_penalties(cls, v: list[float]) -> list[float]:
+        if any(not (math.isfinite(x) and x > 0) for x in v):
+            raise ValueError("penalty λ values must be finite and > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AuditConfig":
+        if self.diagnostics.rho_samples > self.diagnostics.n_samples:
+            raise ValueError("diagnostics.rho_samples must be ≤ diagnostics.n_samples")
+        if self.diagnostics.n_samples % self.diagnostics.stability_batches:
+            raise ValueError("diagnostics.n_samples must be a multiple of diagnostics.stability_batches")
+        return self
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_errors(err: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            parent = AuditConfig
+            for part in e["loc"][:-1]:
+                field = parent.model_fields.get(str(part))
+                parent = getattr(field, "annotation", None) if field else None
+                if not (isinstance(parent, type) and issubclass(parent, BaseModel)):
+                    break
+            allowed = ", ".join(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else ""
+            lines.append(f"unknown key {key!r}" + (f" (allowed here: {allowed})" if allowed else ""))
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            shown = repr(value)[:60] if not isinstance(value, dict) else "{…}"
+            lines.append(f"{key} = {shown}: {msg}")
+    return ConfigError(f"invalid configuration in {source}: " + "; ".join(lines),
+                       "fix the key named above (see `faeval-tui presets` and the README's preset reference)")
+
+
+def validate(data: dict[str, Any], source: str = "preset") -> AuditConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a YAML mapping of keys to values, got {type(data).__name__}",
+                          "write the preset as `key: value` lines")
+    try:
+        return AuditConfig.model_validate(data)
+    except ValidationError as err:
+        raise _format_errors(err, source) from None
+
+
+def list_presets() -> dict[str, str]:
+    """Shipped preset names with their one-line description."""
+    out = {}
+    for path in sorted(PRESETS_DIR.glob("*.yaml")):
+        try:
+            out[path.stem] = str(_read_yaml(path).get("description", "")).strip()
+        except ConfigError as err:
+            out[path.stem] = f"(invalid: {err.problem})"
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read preset {path}: {err.strerror}", "check the path") from None
+    try:
+        data = yaml.safe_load(text)  # safe loader only: a preset never constructs objects
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"preset {path} is not valid YAML{where}: {getattr(err, 'problem', err)}",
+                          "fix the YAML syntax (indentation, ':' after each key)") from None
+    return {} if data is None else data
+
+
+def resolve_preset_path(preset: str | None) -> Path:
+    name = preset or DEFAULT_PRESET
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"preset file {path} does not exist", "give a shipped preset name or a YAML path")
+        return path
+    shipped = PRESETS_DIR / f"{name}.yaml"
+    if not shipped.is_file():
+        raise ConfigError(f"unknown preset {name!r}",
+                          f"choose one of: {', '.join(list_presets())}, or give a path to a YAML file")
+    return shipped
+
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """``a.b=value`` → (["a", "b"], value); the value is read as YAML (``[42]``, ``1e-3``, ``true``)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} is not key=value", "write it like --set epochs=2 or --set seeds=[42]")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
+        raise ConfigError(f"--set key {key!r} is not a dotted preset key", "keys look like epochs or thresholds.growth")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: hand the raw string to validation, which names the expected type
+    return parts, value
+
+
+def apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    data = {**data}
+    for item in sets:
+        parts, value = parse_set(item)
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            if not isinstance(child, dict):
+                child = {} if child is None else child
+                if not isinstance(child, dict):
+                    raise ConfigError(f"--set {item}: {p!r} is not a section", "set a leaf key")
+            node[p] = child = {**child}
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(preset: str | None = None, sets: list[str] | None = None) -> AuditConfig:
+    """Defaults ← preset YAML ← ``--set`` overrides, validated once."""
+    path = resolve_preset_path(preset)
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {path} must be a mapping of keys to values", "write `key: value` lines")
+    data = apply_sets(data, sets or [])
+    source = str(path) + (" with --set " + " ".join(sets) if sets else "")
+    return validate(data, source)

@@ -1,0 +1,207 @@
+"""The protocol's per-epoch measurements, model-agnostic and side-effect free.
+
+Everything here runs in eval mode on the fixed diagnostic set and never changes a
+parameter. It needs only ``Auditable.hidden_states`` and ``forward_from`` and the
+method's ``credit``. Cosines, norms and ρ are computed in float64 so a residual
+stream at 1e8 and a reference gradient at 1e-9 still resolve.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .methods.base import Method, Probe
+from .model import Auditable
+
+
+def make_probe(model: Auditable, x: Tensor, y: Tensor) -> Probe:
+    """Forward the diagnostic set once and take the per-sample BP gradients ∂ℓ_n/∂h_l."""
+    was_training = model.training  # type: ignore[attr-defined]
+    model.eval()  # type: ignore[attr-defined]
+    try:
+        with torch.enable_grad():
+            hs, _ = model.hidden_states(x)
+            logits = model.forward_from(model.depth, hs[-1])
+            # sum, not mean: the gradient row of sample n is then ∂ℓ_n/∂h_l itself
+            if hs[0].requires_grad:
+                grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), hs)
+            else:  # no parameter upstream needs a gradient: differentiate from each h_l as a leaf
+                grads = tuple(_grad_from(model, layer, h, y) for layer, h in enumerate(hs))
+    finally:
+        model.train(was_training)  # type: ignore[attr-defined]
+    return Probe(model=model, x=x, y=y, hs=[h.detach() for h in hs], logits=logits.detach(),
+                 grads=[g.detach() for g in grads])
+
+
+def _grad_from(model: Auditable, layer: int, h: Tensor, y: Tensor) -> Tensor:
+    leaf = h.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model.forward_from(layer, leaf), y, reduction="sum"), leaf)
+    return grad
+
+
+def row_norms(t: Tensor) -> Tensor:
+    return t.double().flatten(1).norm(dim=1)
+
+
+def per_sample_cos(a: Tensor, g: Tensor) -> tuple[Tensor, int]:
+    """cos(a[n], g[n]) without an eps clamp; samples with a zero (or non-finite) norm are
+    excluded and counted."""
+    a64, g64 = a.double().flatten(1), g.double().flatten(1)
+    na, ng = a64.norm(dim=1), g64.norm(dim=1)
+    ok = (na > 0) & (ng > 0) & torch.isfinite(na) & torch.isfinite(ng)
+    cos = (a64[ok] * g64[ok]).sum(1) / (na[ok] * ng[ok])
+    return cos, int((~ok).sum())
+
+
+def mean_std(t: Tensor) -> tuple[float, float]:
+    if t.numel() == 0:
+        return math.nan, math.nan
+    std = t.std(unbiased=True).item() if t.numel() > 1 else math.nan
+    return t.mean().item(), std
+
+
+def stability(g_last: Tensor, n_batches: int) -> float:
+    """(c): mean pairwise cosine between the batch means of g_L over ``n_batches`` batches."""
+    means = torch.stack([c.mean(0) for c in g_last.double().flatten(1).chunk(n_batches)])
+    norms = means.norm(dim=1, keepdim=True)
+    unit = means / norms
+    sims = unit @ unit.T
+    k = means.shape[0]
+    iu = torch.triu_indices(k, k, offset=1)
+    return sims[iu[0], iu[1]].mean().item()
+
+
+def perturbation_rho(model: Auditable, probe: Probe, credits: list[Tensor], n_samples: int, directions: int,
+                     eps: float, generator: torch.Generator, chunk_rows: int = 16384) -> list[float]:
+    """ρ_l: Pearson correlation over (sample, direction) of the true loss change
+    ℓ_n(h_l + δ) − ℓ_n(h_l) against the predicted ⟨a_l[n], δ⟩, δ = ε·‖h_l[n]‖·u,
+    in a float64 copy of the model so a residual stream at 1e8 still resolves."""
+    model64 = copy.deepcopy(model).double()  # type: ignore[attr-defined]
+    model64.eval()
+    y = probe.y[:n_samples]
+    rhos = []
+    with torch.no_grad():
+        for layer, (h, a) in enumerate(zip(probe.hs, credits)):
+            h64 = h[:n_samples].double()
+            a64 = a[:n_samples].double()
+            base = F.cross_entropy(model64.forward_from(layer, h64), y, reduction="none")
+            u = torch.randn((n_samples, directions, h64.shape[1]), generator=generator, dtype=torch.float64)
+            u = u.to(h64.device)
+            u /= u.norm(dim=2, keepdim=True)
+            delta = eps * h64.norm(dim=1)[:, None, None] * u
+            predicted = (a64[:, None, :] * delta).sum(2).flatten()
+            hp = (h64[:, None, :] + delta).flatten(0, 1)
+            yp = y.repeat_interleave(directions)
+            true = torch.cat([F.cross_entropy(model64.forward_from(layer, hp[i:i + chunk_rows]),
+                                              yp[i:i + chunk_rows], reduction="none")
+                              for i in range(0, hp.shape[0], chunk_rows)])
+            true = true - base.repeat_interleave(directions)
+            rhos.append(pearson(predicted, true))
+    return rhos
+
+
+def pearson(x: Tensor, y: Tensor) -> float:
+    ok = torch.isfinite(x) & torch.isfinite(y)
+    x, y = x[ok] - x[ok].mean(), y[ok] - y[ok].mean()
+    denom = (x.norm() * y.norm()).item()
+    if not denom or not math.isfinite(denom):
+        return math.nan
+    return ((x * y).sum() / (x.norm() * y.norm())).item()
+
+
+@dataclass
+class DiagnosticSettings:
+    stability_batches: int = 8
+    rho_samples: int = 1024
+    rho_directions: int = 32
+    rho_eps: float = 1e-3
+    null_draws: int = 20
+    measure_rho: bool = True
+    measure_null: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def measure(model: Auditable, method: Method, x: Tensor, y: Tensor, settings: DiagnosticSettings,
+            generator: torch.Generator) -> dict[str, Any]:
+    """Every per-layer field and scalar of the protocol's "every epoch" section, except
+    accuracy and the fired set (see ``verdicts.evaluate``). Timings go to ``settings.timings``."""
+    t = settings.timings
+    t0 = time.perf_counter()
+    probe = make_probe(model, x, y)
+    n = x.shape[0]
+    g = [gr / n for gr in probe.grads]  # the reference g_l = ∂(mean_n ℓ_n)/∂h_l
+    credits = method.credit(probe)
+    L = len(probe.hs) - 1
+    rec: dict[str, Any] = {
+        "h_norm": [row_norms(h).mean().item() for h in probe.hs],
+        "g_norm": [row_norms(gl).mean().item() for gl in g],
+        "a_norm": [row_norms(a).mean().item() for a in credits],
+    }
+    cos, cos_std, excluded = [], [], []
+    for a, gl in zip(credits, g):
+        c, k = per_sample_cos(a, gl)
+        m, s = mean_std(c)
+        cos.append(m)
+        cos_std.append(s)
+        excluded.append(k)
+    rec.update(cos=cos, cos_std=cos_std, cos_excluded=excluded)
+    ratios = [rec["h_norm"][l] / rec["h_norm"][l - 1] if rec["h_norm"][l - 1] else math.inf
+              for l in range(1, L + 1)]
+    rec["growth"] = max(ratios, key=lambda v: -math.inf if math.isnan(v) else v)
+    rec["g_L"] = rec["g_norm"][L]
+    t["probe"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    rec["stability"] = stability(g[L], settings.stability_batches)
+    t["stability"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if settings.measure_rho:
+        rec["rho"] = perturbation_rho(model, probe, credits, min(settings.rho_samples, n),
+                                      settings.rho_directions, settings.rho_eps, generator)
+        t["rho"] = time.perf_counter() - t0
+    else:
+        rec["rho"] = None
+    t0 = time.perf_counter()
+    null = method.null_credits(probe, generator, settings.null_draws) if settings.measure_null else None
+    if null is not None:
+        draws = torch.tensor([[per_sample_cos(a, gl)[0].mean().item() for a, gl in zip(draw, g)] for draw in null])
+        rec["null_mean"] = draws.mean(0).tolist()
+        rec["null_std"] = draws.std(0, unbiased=True).tolist()
+        t["null"] = time.perf_counter() - t0
+    else:
+        rec["null_mean"] = rec["null_std"] = None
+    rec["gamma"] = _nanmean(cos)
+    rec["deep_cos"] = _nanmean(cos[1:])
+    rec["deep_rho"] = _nanmean(rec["rho"][1:]) if rec["rho"] is not None else None
+    return rec
+
+
+def _nanmean(values: list[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: Auditable, batches) -> tuple[float, float]:
+    """(accuracy, mean loss) over an iterable of (x, y) batches: one host sync at the end."""
+    was_training = model.training  # type: ignore[attr-defined]
+    model.eval()  # type: ignore[attr-defined]
+    correct = loss = None
+    count = 0
+    for xb, yb in batches:
+        logits = model(xb)  # type: ignore[operator]
+        c = (logits.argmax(1) == yb).sum()
+        l_ = F.cross_entropy(logits.float(), yb, reduction="sum")
+        correct = c if correct is None else correct + c
+        loss = l_ if loss is None else loss + l_
+        count += yb.shape[0]
+    model.train(was_training)  # type: ignore[attr-defined]
+    return correct.item() / count, loss.item() / count

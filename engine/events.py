@@ -1,0 +1,50 @@
+"""What the engine tells its listener (the CLI's progress display, the console).
+
+Plain dataclasses, no UI types: the console wraps each in a Textual message. A
+listener is any callable taking one event; it is called from training threads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+from .verdicts import Alert
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_id: str
+    header: dict[str, Any]
+    resumed_from: int = 0  # last completed epoch when resuming
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    run_id: str
+    epoch: int
+    batch: int
+    batches: int
+
+
+@dataclass(frozen=True)
+class EpochDone:
+    """An epoch record, already durable on disk, and the walk-back alerts it raised."""
+
+    run_id: str
+    record: dict[str, Any]
+    alerts: list[Alert] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    run_id: str
+    status: str  # finished | diverged | failed | stopped
+    message: str = ""
+
+
+Event = Union[RunStarted, BatchProgress, EpochDone, RunEnded]
+Listener = Callable[[Event], None]
+
+
+def ignore(event: Event) -> None:
+    """The listener for callers that only want the files."""

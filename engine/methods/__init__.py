@@ -1,0 +1,60 @@
+"""Method registry: every ``Method`` subclass in this package, plus any registered by a user.
+
+Modules here are imported on first use; a third-party package can add methods through
+the ``faeval_tui.methods`` entry-point group, and a script through ``register_method``.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
+
+from .base import Method, Probe, output_error
+
+_REGISTRY: dict[str, type[Method]] = {}
+_loaded = False
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Register a Method subclass under ``cls.name`` (usable as a decorator)."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} needs a class attribute `name`")
+    existing = _REGISTRY.get(name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"method name {name!r} is taken by {existing.__module__}.{existing.__name__}")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _discover() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in ("base", "feedback"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, Method) and obj.__module__ == module.__name__ \
+                    and "name" in vars(obj):
+                register_method(obj)
+    for ep in entry_points(group="faeval_tui.methods"):
+        register_method(ep.load())
+
+
+def available_methods() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    _discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+__all__ = ["Method", "Probe", "available_methods", "get_method", "output_error", "register_method"]

@@ -1,0 +1,219 @@
+"""One run: train a method epoch by epoch, measure, record, checkpoint.
+
+Per epoch the host syncs once (the epoch's summed loss); batches are index gathers
+into resident tensors. The record is appended and fsynced first, then the
+checkpoint is written atomically, then the listener hears of it: after a crash the
+checkpoint is never ahead of the records, and a re-run epoch re-appends its line.
+"""
+from __future__ import annotations
+
+import io
+import math
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .config import AuditConfig
+from .data import TaskData, derive_seed
+from .diagnostics import DiagnosticSettings, evaluate_accuracy, measure
+from .errors import FaevalError, StoreError
+from .events import BatchProgress, EpochDone, Listener, RunEnded, RunStarted
+from .methods import Method, get_method
+from .model import ResMLP
+from .runstore import CHECKPOINT, RECORDS, SCHEMA_VERSION, RecordWriter, atomic_write_bytes, now_iso, read_run
+from .verdicts import evaluate, new_alerts
+
+if TYPE_CHECKING:
+    from .audit import Audit, RunSpec
+
+
+class RunParts:
+    """The trainable state of a run, built identically for a fresh start and a resume."""
+
+    def __init__(self, cfg: AuditConfig, spec: "RunSpec", task: TaskData, device: torch.device) -> None:
+        self.model = ResMLP(task.in_dim, task.n_classes, cfg.d, cfg.L, cfg.r, cfg.terminal_ln,
+                            generator=torch.Generator().manual_seed(derive_seed(spec.seed, "init"))).to(device)
+        self.method: Method = get_method(spec.method)(
+            self.model, task.n_classes, torch.Generator().manual_seed(derive_seed(spec.seed, "feedback")))
+        self.steps_per_epoch = math.ceil(task.x_train.shape[0] / cfg.batch_size)
+        total = cfg.epochs * self.steps_per_epoch
+        self.optimizer = torch.optim.AdamW(self.method.trainable_parameters(self.model), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        cosine = cfg.schedule == "cosine"
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, (lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))) if cosine
+            else (lambda step: 1.0))
+        self.shuffle = torch.Generator().manual_seed(derive_seed(spec.seed, "shuffle"))
+        self.epoch = 0
+
+    def state(self, spec: "RunSpec") -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "run_id": spec.run_id, "epoch": self.epoch,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng_shuffle": self.shuffle.get_state(),
+                "method": self.method.state_dict()}
+
+    def save(self, path, spec: "RunSpec") -> None:
+        buf = io.BytesIO()
+        torch.save(self.state(spec), buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    def load(self, path, spec: "RunSpec") -> None:
+        state = load_checkpoint(path)
+        if state.get("run_id") != spec.run_id:
+            raise StoreError(f"checkpoint {path} belongs to run {state.get('run_id')!r}, not {spec.run_id!r}",
+                             "move the foreign checkpoint away, then resume")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.shuffle.set_state(state["rng_shuffle"])
+            self.method.load_state_dict(state["method"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise StoreError(f"checkpoint {path} does not match this run's model: {err}",
+                             "the audit's config changed since it was written; start a new audit") from None
+        self.epoch = int(state["epoch"])
+
+
+def load_checkpoint(path) -> dict[str, Any]:
+    """Load with ``weights_only=True``: a checkpoint can hold tensors and plain data, never code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or foreign files
+        raise StoreError(f"checkpoint {path} cannot be loaded: {str(err).splitlines()[0][:200]}",
+                         "it is corrupt or not a faeval-tui checkpoint; delete it to restart that run "
+                         "from scratch") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise StoreError(f"{path} is not a faeval-tui checkpoint", "delete it to restart that run from scratch")
+    if state.get("schema", 0) > SCHEMA_VERSION:
+        raise StoreError(f"checkpoint {path} has schema {state['schema']}, newer than this faeval-tui",
+                         "upgrade faeval-tui")
+    return state
+
+
+def diagnostic_settings(cfg: AuditConfig, epoch: int) -> DiagnosticSettings:
+    dc = cfg.diagnostics
+    last = epoch == cfg.epochs
+    return DiagnosticSettings(stability_batches=dc.stability_batches, rho_samples=dc.rho_samples,
+                              rho_directions=dc.rho_directions, rho_eps=dc.rho_eps, null_draws=dc.null_draws,
+                              measure_rho=last or epoch % dc.rho_every == 0,
+                              measure_null=last or epoch % dc.null_every == 0)
+
+
+def train_epoch(parts: RunParts, task: TaskData, batch_size: int, penalty: float, stop: threading.Event,
+                progress=None) -> float | None:
+    """One pass over the training set; the mean loss, or None when stopped mid-epoch."""
+    model, method, opt, sched = parts.model, parts.method, parts.optimizer, parts.scheduler
+    model.train()
+    n = task.x_train.shape[0]
+    perm = torch.randperm(n, generator=parts.shuffle).to(task.device, non_blocking=True)
+    total = torch.zeros((), device=task.device)
+    for b in range(parts.steps_per_epoch):
+        if stop.is_set():
+            return None
+        idx = perm[b * batch_size:(b + 1) * batch_size]
+        opt.zero_grad(set_to_none=True)
+        loss = method.step(model, task.prepare(task.x_train[idx]), task.y_train[idx], penalty)
+        opt.step()
+        sched.step()
+        total += loss
+        if progress is not None:
+            progress(b + 1)
+    return total.item() / parts.steps_per_epoch  # the epoch's one host sync
+
+
+def epoch_record(parts: RunParts, cfg: AuditConfig, task: TaskData, train_loss: float, epoch: int,
+                 seed: int) -> tuple[dict[str, Any], dict[str, float]]:
+    settings = diagnostic_settings(cfg, epoch)
+    t0 = time.perf_counter()
+    acc, test_loss = evaluate_accuracy(parts.model, task.test_batches())
+    settings.timings["accuracy"] = time.perf_counter() - t0
+    x, y = task.diagnostic_set(cfg.diagnostics.n_samples)
+    gen = torch.Generator().manual_seed(derive_seed(seed, "diagnostics", epoch))
+    diag = measure(parts.model, parts.method, x, y, settings, gen)
+    rec = {"type": "epoch", "epoch": epoch, "test_acc": acc, "test_loss": test_loss, "train_loss": train_loss,
+           "lr": parts.scheduler.get_last_lr()[0], **diag}
+    return rec, settings.timings
+
+
+def _nonfinite(rec: dict[str, Any]) -> list[str]:
+    bad = []
+    for key in ("train_loss", "test_loss", "h_norm", "g_norm", "a_norm"):
+        vals = rec.get(key)
+        vals = vals if isinstance(vals, list) else [vals]
+        if any(v is not None and not math.isfinite(v) for v in vals):
+            bad.append(key)
+    return bad
+
+
+def train_run(audit: "Audit", spec: "RunSpec", task: TaskData, device: torch.device, listener: Listener,
+              stop: threading.Event) -> str:
+    """Train ``spec`` to the end (or resume it); returns its final status."""
+    cfg = audit.cfg
+    run_dir = audit.run_dir(spec.run_id)
+    run_dir.mkdir(exist_ok=True)
+    records_path, ckpt_path = run_dir / RECORDS, run_dir / CHECKPOINT
+    previous = read_run(records_path) if records_path.exists() else None
+    parts = RunParts(cfg, spec, task, device)
+    writer = RecordWriter(records_path)
+    try:
+        if ckpt_path.exists():
+            parts.load(ckpt_path, spec)
+        if previous is None or previous.header is None:
+            header = {"type": "header", "schema": SCHEMA_VERSION, **spec.header_fields(), "epochs": cfg.epochs,
+                      "dataset": task.name, "device": str(device), "started": now_iso(), "config": cfg.dump()}
+            writer.append(header)
+        else:
+            header = previous.header
+            writer.append({"type": "resume", "epoch": parts.epoch, "time": now_iso()})
+        history = [e for e in (previous.epochs if previous else []) if e["epoch"] <= parts.epoch]
+        listener(RunStarted(spec.run_id, header, parts.epoch))
+        while parts.epoch < cfg.epochs:
+            epoch = parts.epoch + 1
+            t0 = time.perf_counter()
+            every = max(1, parts.steps_per_epoch // 20)
+            progress = (lambda b: listener(BatchProgress(spec.run_id, epoch, b, parts.steps_per_epoch))
+                        if b % every == 0 else None)
+            train_loss = train_epoch(parts, task, cfg.batch_size, spec.penalty, stop, progress)
+            if train_loss is None:
+                writer.append({"type": "end", "status": "stopped", "epoch": parts.epoch,
+                               "message": f"stopped during epoch {epoch}; the checkpoint of epoch {parts.epoch} is kept",
+                               "time": now_iso()})
+                listener(RunEnded(spec.run_id, "stopped"))
+                return "stopped"
+            train_s = time.perf_counter() - t0
+            rec, timings = epoch_record(parts, cfg, task, train_loss, epoch, spec.seed)
+            rec["baseline_acc"] = audit.baseline_acc(spec, epoch)
+            rec["train_s"] = train_s
+            rec["diag_s"] = {k: round(v, 4) for k, v in timings.items()}
+            rec = evaluate(rec, cfg.thresholds)
+            alerts = new_alerts(spec.run_id, history, rec, cfg.thresholds)
+            writer.append(rec)
+            parts.epoch = epoch
+            bad = _nonfinite(rec)
+            if not bad:
+                parts.save(ckpt_path, spec)
+            history.append(rec)
+            listener(EpochDone(spec.run_id, rec, alerts))
+            if bad:
+                msg = f"non-finite values in {', '.join(bad)} at epoch {epoch}: training diverged"
+                writer.append({"type": "end", "status": "diverged", "epoch": epoch, "message": msg,
+                               "time": now_iso()})
+                listener(RunEnded(spec.run_id, "diverged", msg))
+                return "diverged"
+        writer.append({"type": "end", "status": "finished", "epoch": parts.epoch, "time": now_iso()})
+        listener(RunEnded(spec.run_id, "finished"))
+        return "finished"
+    except Exception as err:  # a failed run must not take the audit down: record why and go on
+        msg = str(err) if isinstance(err, FaevalError) else f"{type(err).__name__}: {err}"
+        try:
+            writer.append({"type": "end", "status": "failed", "epoch": parts.epoch, "message": msg,
+                           "traceback": traceback.format_exc(limit=8), "time": now_iso()})
+        except StoreError:
+            pass  # the disk refused even that: the missing end line reads as "stopped", resumable
+        listener(RunEnded(spec.run_id, "failed", msg))
+        return "failed"
+    finally:
+        writer.close()

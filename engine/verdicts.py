@@ -1,0 +1,147 @@
+"""Verdicts are pure functions of epoch records and the declared thresholds.
+
+The chart lines, the alerts and the final verdict all read ``DIAGNOSTICS`` and a
+``Thresholds`` instance, so a threshold is declared once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .config import Thresholds
+
+WALK_BACK = ("a", "b", "d")  # (c) labels the sub-mode; it never walks a run back alone
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    id: str
+    name: str
+    field: str
+    comparison: str  # "above" or "below": the side on which it fires
+    threshold_key: str
+    meaning: str
+
+    def threshold(self, th: Thresholds, record: dict[str, Any] | None = None) -> float | None:
+        if self.id == "d":
+            base = None if record is None else record.get("baseline_acc")
+            return None if base is None else base + th.depth_margin
+        return getattr(th, self.threshold_key)
+
+    def fires(self, record: dict[str, Any], th: Thresholds) -> bool:
+        value = record.get(self.field)
+        limit = self.threshold(th, record)
+        if value is None or limit is None:
+            return False
+        if math.isnan(value):
+            return True  # a NaN measurement can never certify health
+        return value > limit if self.comparison == "above" else value < limit
+
+
+DIAGNOSTICS: dict[str, Diagnostic] = {
+    "a": Diagnostic("a", "scale stability", "growth", "above", "growth",
+                    "the residual stream is exploding: ‖h_L‖ grows without bound, so the terminal LayerNorm "
+                    "divides the reference gradient toward the floor and the headline numbers describe a "
+                    "failing network"),
+    "b": Diagnostic("b", "reference validity", "g_L", "below", "g_floor",
+                    "the BP reference gradient is at the numerical floor: every cosine from this epoch on is "
+                    "measured against noise and is degenerate, not evidence of alignment"),
+    "c": Diagnostic("c", "cross-batch stability", "stability", "above", "stability",
+                    "the reference gradient points the same way across batches (drift), not noise"),
+    "d": Diagnostic("d", "depth utility", "test_acc", "below", "depth_margin",
+                    "the trained blocks do no better than blocks frozen at initialisation: the accuracy comes "
+                    "from the embedding and head, not from the method training depth"),
+}
+
+
+def fired(record: dict[str, Any], th: Thresholds) -> list[str]:
+    """The diagnostics that fire on one epoch record (c included, as the drift label)."""
+    return [k for k, diag in DIAGNOSTICS.items() if diag.fires(record, th)]
+
+
+def evaluate(record: dict[str, Any], th: Thresholds) -> dict[str, Any]:
+    """Add the derived fields: ``fired``, ``degenerate`` and ``stability_mode``."""
+    out = dict(record)
+    out["fired"] = fired(record, th)
+    out["degenerate"] = "b" in out["fired"]
+    out["stability_mode"] = "drift" if "c" in out["fired"] else "noise"
+    return out
+
+
+def first_fire(records: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Epoch at which each diagnostic first fired."""
+    first: dict[str, int] = {}
+    for rec in records:
+        for k in rec.get("fired", []):
+            first.setdefault(k, rec["epoch"])
+    return first
+
+
+@dataclass(frozen=True)
+class Verdict:
+    walked_back: bool
+    fired: tuple[str, ...]  # walk-back diagnostics firing at the last epoch
+    submode: str  # "drift" or "noise"
+    first_fire: dict[str, int]
+    final_epoch: int | None
+
+    @property
+    def label(self) -> str:
+        if self.final_epoch is None:
+            return "NO DATA"
+        if not self.walked_back:
+            return "TRUSTWORTHY"
+        return "WALKED BACK via " + "+".join(f"({k})" for k in self.fired)
+
+    def describe(self) -> str:
+        if not self.walked_back:
+            return self.label
+        return f"{self.label}, {self.submode}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "walked_back": self.walked_back, "fired": list(self.fired),
+                "submode": self.submode, "first_fire": self.first_fire, "final_epoch": self.final_epoch}
+
+
+def verdict(records: list[dict[str, Any]], th: Thresholds | None = None) -> Verdict:
+    """Final verdict from the last epoch; re-evaluated when thresholds are given."""
+    if th is not None:
+        records = [evaluate(r, th) for r in records]
+    if not records:
+        return Verdict(False, (), "noise", {}, None)
+    last = records[-1]
+    walk = tuple(k for k in WALK_BACK if k in last.get("fired", []))
+    return Verdict(bool(walk), walk, last.get("stability_mode", "noise"), first_fire(records), last["epoch"])
+
+
+@dataclass(frozen=True)
+class Alert:
+    run_id: str
+    epoch: int
+    diagnostic: str
+    value: float
+    threshold: float
+    text: str
+
+
+def _fmt(v: float) -> str:
+    if v is None or not math.isfinite(v):
+        return str(v)
+    return f"{v:.3g}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.2e}"
+
+
+def new_alerts(run_id: str, previous: list[dict[str, Any]], record: dict[str, Any], th: Thresholds) -> list[Alert]:
+    """Walk-back alerts raised by ``record``: diagnostics (a), (b), (d) firing for the first time."""
+    seen = set(first_fire(previous))
+    alerts = []
+    for k in WALK_BACK:
+        if k in record.get("fired", []) and k not in seen:
+            diag = DIAGNOSTICS[k]
+            value, limit = record.get(diag.field), diag.threshold(th, record)
+            side = ">" if diag.comparison == "above" else "<"
+            text = (f"{run_id}: ({k}) {diag.name} fired at epoch {record['epoch']}: {diag.field} = {_fmt(value)} "
+                    f"{side} {_fmt(limit)}. Walk back: {diag.meaning}.")
+            alerts.append(Alert(run_id, record["epoch"], k, value, limit, text))
+    return alerts
+
