@@ -46,10 +46,14 @@ def summarize(audit: Audit) -> list[RunSummary]:
 
 def export_json(audit: Audit) -> dict[str, Any]:
     """One JSON-ready document (non-finite floats encoded as "NaN"/"Infinity"/"-Infinity")."""
+    from .tables import audit_tables  # tables builds on this module: import at call time
+
     cfg = audit.cfg
+    summaries = summarize(audit)
     doc = {
         "audit": str(audit.path), "preset": cfg.name, "dataset": cfg.dataset, "seeds": cfg.seeds,
         "thresholds": cfg.thresholds.model_dump(), "config": cfg.dump(),
-        "runs": [s.to_json() for s in summarize(audit)],
+        "runs": [s.to_json() for s in summaries],
+        "tables": [t.to_json() for t in audit_tables(summaries, cfg)],
     }
     return encode(doc)

@@ -1,0 +1,75 @@
+"""The audit as one markdown document: a header naming what was run, then every table.
+
+Tables are GitHub tables of the cells ``engine.tables`` formatted, so the markdown,
+the console and the JSON export show the same text for the same number.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Sequence
+
+from .config import AuditConfig
+from .tables import RunLike, Table, audit_tables, config_of, num, views
+
+if TYPE_CHECKING:
+    from .audit import Audit
+
+
+def _cell(text: str) -> str:
+    # a pipe would end the cell and a newline the row
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip()
+
+
+def table_markdown(table: Table) -> str:
+    """``## title``, the GitHub table (or a line saying it is empty), then the notes."""
+    lines = [f"## {table.title}", ""]
+    if table.rows:
+        lines.append("| " + " | ".join(_cell(h) for h in table.headers) + " |")
+        lines.append("|" + "|".join("---" for _ in table.headers) + "|")
+        lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in table.rows]
+        lines.append("")
+    lines += [f"_{_cell(note)}_" if not table.rows else f"- {note}" for note in table.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def header_markdown(cfg: AuditConfig, runs: Sequence[RunLike], name: str | None = None) -> str:
+    """What was audited: preset, data, model, methods, seeds, thresholds, run states."""
+    th = cfg.thresholds
+    if cfg.dataset == "synthetic":
+        s = cfg.synthetic
+        data = (f"synthetic teacher task ({s.classes} classes, in_dim {s.in_dim}, {s.n_train} train / "
+                f"{s.n_test} test, teacher seed {s.seed})")
+    else:
+        data = cfg.dataset.upper().replace("CIFAR", "CIFAR-")
+    if cfg.random_targets:
+        data += ", random targets"
+    ln = "terminal LayerNorm" if cfg.terminal_ln else "no terminal LayerNorm"
+    pen = (f"; penalty reruns λ ∈ {{{', '.join(f'{x:g}' for x in cfg.penalties)}}} for "
+           f"{', '.join(cfg.penalty_methods)}" if cfg.penalties else "")
+    states = Counter(r.status for r in views(runs, cfg))
+    lines = [
+        f"# faeval audit: {name or cfg.name}", "",
+        f"- **preset**: {cfg.name}" + (f" ({cfg.description.strip()})" if cfg.description.strip() else ""),
+        f"- **data**: {data}",
+        f"- **model**: ResMLP d = {cfg.d}, L = {cfg.L}, r = {cfg.r:g}, {ln}; {cfg.epochs} epochs, batch "
+        f"{cfg.batch_size}, lr {cfg.lr:g}, {cfg.schedule} schedule",
+        f"- **methods**: {', '.join(cfg.methods)}{pen}",
+        f"- **seeds**: {', '.join(map(str, cfg.seeds))}",
+        f"- **thresholds**: (a) growth > {num(th.growth)}; (b) ‖g_L‖ < {num(th.g_floor)}; (c) stability > "
+        f"{num(th.stability)} = drift; (d) accuracy < frozen baseline + {num(th.depth_margin)} "
+        f"(diagnostic set n = {cfg.diagnostics.n_samples})",
+        f"- **runs**: {sum(states.values())} (" + ", ".join(f"{v} {k}" for k, v in sorted(states.items())) + ")",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_tables(tables: Sequence[Table]) -> str:
+    return "\n".join(table_markdown(t) for t in tables)
+
+
+def render_markdown(source: "Audit | Sequence[RunLike]", cfg: AuditConfig | None = None) -> str:
+    """The whole report of an audit (or of in-memory runs) as one markdown document."""
+    cfg = cfg or config_of(source)
+    runs = views(source, cfg)
+    name = getattr(getattr(source, "path", None), "name", None)
+    return header_markdown(cfg, runs, name) + "\n" + render_tables(audit_tables(runs, cfg))
