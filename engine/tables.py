@@ -312,11 +312,13 @@ def layer_table(runs: "Audit | Sequence[RunLike]", cfg: AuditConfig | None = Non
         rho = [r.latest("rho") for r in live]
         null_m, null_s = [r.latest("null_mean")[0] for r in live], [r.latest("null_std")[0] for r in live]
         stale = stale or any(o for _, o in rho)
+        # one run per block: n is always 1, so plain values read better than "(n=1)" everywhere
+        cell = (lambda st: st.cell(num, n)) if by == "method" else (lambda st: num(st.mean))
         for l in range(len(live[0].final["h_norm"])):
             cos_vals = _at([r.final["cos"] for r in live], l)
             cos = Stat.of(cos_vals)
             # one run: the spread worth showing is over samples, which the record keeps
-            cos_cell = cos.cell(num, n) if by == "method" else f"{num(cos.mean)} ± {num(_at([live[0].final.get('cos_std')], l)[0])}"
+            cos_cell = cell(cos) if by == "method" else f"{num(cos.mean)} ± {num(_at([live[0].final.get('cos_std')], l)[0])}"
             nm, ns = Stat.of(_at(null_m, l)), Stat.of(_at(null_s, l))
             z = Stat.of(_z(c, m, s) for c, m, s in zip(cos_vals, _at(null_m, l), _at(null_s, l)))
             z_cell = DASH if z.n == 0 else num(z.mean) + (" (noise)" if abs(z.mean) <= 2 else "")
@@ -327,8 +329,8 @@ def layer_table(runs: "Audit | Sequence[RunLike]", cfg: AuditConfig | None = Non
                      "a": Stat.of(_at([r.final["a_norm"] for r in live], l))}
             rows.append([name, lam_cell(lam), str(l), str(n), mark(cos_cell, k_deg > 0, DAGGER),
                          DASH if nm.n == 0 else f"{num(nm.mean)} ± {num(ns.mean)}", z_cell,
-                         mark(mark(rho_l.cell(num, n), k_deg > 0, DAGGER), any(o for _, o in rho), STALE),
-                         stats["h"].cell(num, n), stats["g"].cell(num, n), stats["a"].cell(num, n)])
+                         mark(mark(cell(rho_l), k_deg > 0, DAGGER), any(o for _, o in rho), STALE),
+                         cell(stats["h"]), cell(stats["g"]), cell(stats["a"])])
             data.append({"name": name, "penalty": lam, "layer": l, "n": n, **{k: s.to_json() for k, s in stats.items()}})
     notes = ["null band: cos_l under 20 fresh random feedback draws (fa, dfa); z vs null = (cos_l − null mean) "
              "/ null std, and |z| ≤ 2 is marked (noise): the training feedback does no better than a random one."]
