@@ -1,0 +1,156 @@
+"""The ``faeval-tui`` command: the console by default, headless subcommands for scripts."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from engine.errors import FaevalError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode="rich",
+                  help="Audit local-credit learning rules (FA, DFA, …) against BP and a frozen-blocks baseline.")
+
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset name (see `presets`) or YAML path; "
+                                                   "default: the embedded synthetic task.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a preset key: --set epochs=2 "
+                                                      "--set seeds=[42] --set thresholds.growth=100")]
+RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Where audit directories are created.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda (overrides the preset).")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+
+_debug = False
+
+
+def _sets(sets: list[str] | None, device: str | None) -> list[str]:
+    return list(sets or []) + ([f"device={device}"] if device else [])
+
+
+def fail(err: FaevalError) -> None:
+    """One clear message on stderr and a non-zero exit; a traceback only with --debug."""
+    if _debug:
+        raise err
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(err.exit_code)
+
+
+@app.callback(invoke_without_command=True)
+def console(ctx: typer.Context, preset: PresetOpt = None, set_: SetOpt = None,
+            runs_dir: RunsDirOpt = Path("runs"), device: DeviceOpt = None, debug: DebugOpt = False,
+            no_bell: Annotated[bool, typer.Option("--no-bell", help="Do not ring the bell on alerts.")] = False) -> None:
+    """Open the console and start the audit (no preset: the embedded default)."""
+    global _debug
+    _debug = debug
+    if ctx.invoked_subcommand is not None:
+        return
+    from engine.config import load_config
+
+    try:
+        cfg = load_config(preset, _sets(set_, device))
+        from .app import launch
+
+        launch(cfg=cfg, runs_dir=runs_dir, bell=not no_bell)
+    except FaevalError as err:
+        fail(err)
+
+
+@app.command()
+def run(preset: PresetOpt = None, set_: SetOpt = None, runs_dir: RunsDirOpt = Path("runs"),
+        device: DeviceOpt = None, debug: DebugOpt = False) -> None:
+    """Run an audit headless with a progress display; prints the audit directory."""
+    global _debug
+    _debug = _debug or debug
+    from engine.audit import Audit
+    from engine.config import load_config
+
+    from .headless import run_headless
+
+    try:
+        cfg = load_config(preset, _sets(set_, device))
+        audit = Audit.create(cfg, runs_dir)
+        statuses = run_headless(audit)
+    except FaevalError as err:
+        fail(err)
+    typer.echo(str(audit.path))
+    if any(s != "finished" for s in statuses.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def resume(audit_dir: Annotated[Path, typer.Argument(help="Audit directory to continue.")],
+           debug: DebugOpt = False) -> None:
+    """Continue every unfinished run of an audit from its last checkpoint."""
+    global _debug
+    _debug = _debug or debug
+    from engine.audit import Audit
+
+    from .headless import run_headless
+
+    try:
+        statuses = run_headless(Audit.open(audit_dir))
+    except FaevalError as err:
+        fail(err)
+    typer.echo(str(audit_dir))
+    if any(s != "finished" for s in statuses.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def watch(audit_dir: Annotated[Path, typer.Argument(help="Audit directory to follow (read-only).")],
+          no_bell: Annotated[bool, typer.Option("--no-bell", help="Do not ring the bell on alerts.")] = False,
+          debug: DebugOpt = False) -> None:
+    """Open the console read-only on an audit another process trains (or trained), following its files."""
+    global _debug
+    _debug = _debug or debug
+    from .app import watch as watch_console
+
+    try:
+        watch_console(audit_dir, bell=not no_bell)
+    except FaevalError as err:
+        fail(err)
+
+
+@app.command()
+def presets() -> None:
+    """List the shipped presets with a one-line description each."""
+    from engine.config import list_presets
+
+    items = list_presets()
+    width = max(map(len, items), default=0)
+    for name, desc in items.items():
+        typer.echo(f"{name:<{width}}  {desc}")
+
+
+@app.command()
+def export(audit_dir: Annotated[Path, typer.Argument(help="Audit directory.")],
+           format_: Annotated[str, typer.Option("--format", "-f", help="markdown (the report) or json "
+                                                "(runs, final records, verdicts and the tables' data)")] = "markdown",
+           out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
+           debug: DebugOpt = False) -> None:
+    """Export an audit's report: every table as markdown (default), or the runs and tables as JSON."""
+    global _debug
+    _debug = _debug or debug
+    from engine.audit import Audit
+    from engine.markdown import render_markdown
+    from engine.report import export_json
+    from engine.runstore import atomic_write_bytes
+
+    try:
+        if format_ not in ("markdown", "json"):
+            raise FaevalError(f"unknown export format {format_!r}", "use --format markdown or --format json")
+        audit = Audit.open(audit_dir)
+        text = (render_markdown(audit) if format_ == "markdown"
+                else json.dumps(export_json(audit), indent=2, allow_nan=False) + "\n")
+        if out is None:
+            sys.stdout.write(text)
+        else:
+            atomic_write_bytes(out, text.encode())
+            typer.echo(str(out), err=True)
+    except FaevalError as err:
+        fail(err)
+
+
+def main() -> None:
+    app()

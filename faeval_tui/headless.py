@@ -1,0 +1,84 @@
+"""``faeval-tui run`` / ``resume``: train an audit with a Rich progress display, or plain
+lines when stdout is not a terminal (nohup, CI, pipes)."""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from engine.audit import Audit, AuditRunner
+from engine.events import BatchProgress, EpochDone, Event, RunEnded, RunStarted
+from engine.verdicts import verdict
+
+
+def _line(run_id: str, rec: dict[str, Any]) -> str:
+    fired = ",".join(rec["fired"]) or "-"
+    return (f"{run_id:<22} epoch {rec['epoch']:>3}  acc {rec['test_acc']:.4f}  growth {rec['growth']:.3g}  "
+            f"g_L {rec['g_L']:.2e}  stab {rec['stability']:+.2f}  Γ {rec['gamma']:+.3f}  fired {fired}")
+
+
+def run_headless(audit: Audit) -> dict[str, str]:
+    console = Console(stderr=True)
+    tty = console.is_terminal
+    lock = threading.Lock()
+    history: dict[str, list[dict[str, Any]]] = {}
+    progress = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
+                        transient=False) if tty else None
+    tasks: dict[str, Any] = {}
+
+    def listener(event: Event) -> None:
+        with lock:
+            if isinstance(event, RunStarted):
+                history[event.run_id] = []
+                if progress is not None:
+                    tasks[event.run_id] = progress.add_task(event.run_id, total=event.header["epochs"],
+                                                            completed=event.resumed_from, status="running")
+                else:
+                    print(f"{event.run_id:<22} started" + (f" (resumed after epoch {event.resumed_from})"
+                                                           if event.resumed_from else ""), flush=True)
+            elif isinstance(event, EpochDone):
+                history[event.run_id].append(event.record)
+                label = verdict(history[event.run_id]).label
+                if progress is not None:
+                    progress.update(tasks[event.run_id], completed=event.record["epoch"], status=label)
+                    for alert in event.alerts:
+                        progress.console.print(f"[bold red]WALK BACK[/] {alert.text}")
+                else:
+                    print(_line(event.run_id, event.record), flush=True)
+                    for alert in event.alerts:
+                        print(f"WALK BACK {alert.text}", flush=True)
+            elif isinstance(event, RunEnded):
+                msg = f"{event.run_id:<22} {event.status}" + (f": {event.message}" if event.message else "")
+                if progress is not None:
+                    progress.update(tasks[event.run_id], status=event.status)
+                    if event.status != "finished":
+                        progress.console.print(msg)
+                else:
+                    print(msg, flush=True)
+            elif isinstance(event, BatchProgress) and progress is not None:
+                progress.update(tasks[event.run_id], completed=event.epoch - 1 + event.batch / event.batches)
+
+    runner = AuditRunner(audit, listener)
+    runner.submit_unfinished()
+    # Ctrl-C or a closed terminal stops the runs at their next batch; their checkpoints stay
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: runner.stop())
+    print(f"audit directory: {audit.path}", file=sys.stderr, flush=True)
+    try:
+        if progress is not None:
+            with progress:
+                statuses = runner.run()
+        else:
+            statuses = runner.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if runner.stop_event.is_set():
+        print(f"stopped; continue with: faeval-tui resume {audit.path}", file=sys.stderr, flush=True)
+    return statuses
