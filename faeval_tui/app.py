@@ -1,0 +1,329 @@
+"""The console: one app for a live audit (training in threads) and for ``watch`` (files).
+
+Both feeds change ``AuditState``; a timer redraws what changed a few times a second,
+so a burst of training events costs one redraw, not one per event.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import DataTable, Footer, Header
+from textual.worker import Worker, WorkerState
+
+from engine.audit import Audit, RunSpec, run_id
+from engine.config import AuditConfig
+from engine.errors import FaevalError
+from engine.events import Event
+from engine.runstore import atomic_write_bytes
+from engine.verdicts import Alert
+
+from .charts import ChartGrid, Legend
+from .dialogs import ErrorScreen, HelpScreen, QuitDialog, RerunDialog, RerunRequest, ResumeDialog
+from .feeds import FileFeed, LiveFeed, resumable_audits
+from .inspector import InspectorScreen
+from .runlist import AlertLog, RunTable
+from .state import AuditState
+
+REPORT = "report.md"
+
+
+@dataclass
+class EngineEvent(Message):
+    """An engine event, posted from a training thread."""
+
+    event: Event
+
+
+@dataclass
+class TrainingFailed(Message):
+    """Training could not start or go on (a missing dataset, a locked audit)."""
+
+    error: FaevalError
+
+
+class FaevalApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "faeval-tui"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+    BINDINGS = [
+        Binding("i", "inspect", "Inspect"),
+        Binding("p", "rerun", "Rerun λ"),
+        Binding("v", "verdicts", "Verdicts"),
+        Binding("e", "export", "Export"),
+        Binding("c", "next_chart", "Chart"),
+        Binding("g", "toggle_grid", "Grid"),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+        Binding("ctrl+q", "quit", "Quit", show=False),
+    ]
+    NAVIGATION = [("up,down", "", "select a run: it is highlighted in every chart"),
+                  ("tab", "", "move focus between the run list and the alert log"),
+                  ("ctrl+p", "", "command palette")]
+
+    def __init__(self, *, cfg: AuditConfig | None = None, runs_dir: Path | None = None,
+                 watch: Audit | None = None, bell: bool = True, refresh_s: float = 0.25,
+                 poll_s: float = 0.5) -> None:
+        super().__init__()
+        if (cfg is None) == (watch is None):
+            raise ValueError("give cfg (train) or watch (follow files)")
+        self.cfg = cfg if cfg is not None else watch.cfg
+        self.runs_dir = Path(runs_dir or "runs")
+        self.watching = watch
+        self.bell_on = bell
+        self.refresh_s, self.poll_s = refresh_s, poll_s
+        self.audit: Audit | None = watch
+        self.state = AuditState(watch.path if watch else self.runs_dir, self.cfg, read_only=watch is not None)
+        self.live_feed: LiveFeed | None = None
+        self.file_feed: FileFeed | None = None
+        self.training: Worker | None = None
+        self.selected: str | None = None
+        self._seen = (-1, -1, None)  # state version, epoch version, selection last drawn
+        self._alerts_shown = 0
+
+    # ---- layout ------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header(icon="◆")
+        yield RunTable(id="runs")
+        yield Legend(id="legend")
+        yield ChartGrid(id="charts")
+        log = AlertLog(id="alerts", wrap=True, markup=False)
+        log.border_title = "walk-back alerts"
+        yield log
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(RunTable).focus()
+        if self.watching is not None:
+            self.sub_title = f"watch (read-only) · {self.watching.path.name}"
+            self.file_feed = FileFeed(self.watching, self.state)
+            self.file_feed.poll()  # the history: into the alert log, no toasts
+            self.set_interval(self.poll_s, self._poll_files)
+        else:
+            candidates = resumable_audits(self.runs_dir, self.cfg)
+            if candidates:
+                self.push_screen(ResumeDialog(candidates), callback=self._begin_live)
+            else:
+                self._begin_live(None)
+        self.set_interval(self.refresh_s, self.flush)
+        self.flush()
+
+    # ---- feeds -------------------------------------------------------------------
+    def _begin_live(self, resume: Audit | None) -> None:
+        try:
+            audit = resume or Audit.create(self.cfg, self.runs_dir)
+        except FaevalError as err:
+            self.push_screen(ErrorScreen("Cannot create the audit", err))
+            return
+        self.audit = audit
+        self.cfg = audit.cfg
+        self.state = AuditState(audit.path, audit.cfg)
+        FileFeed(audit, self.state).poll()  # a resumed audit's history (empty for a new one)
+        self.live_feed = LiveFeed(audit, lambda event: self.post_message(EngineEvent(event)))
+        for spec in self.live_feed.submit_unfinished():
+            self.state.add_spec(spec, queued=True)
+        self.state.set_live(True)
+        self.sub_title = f"{'resumed' if resume else 'live'} · {audit.path.name}"
+        self.training = self._train()
+        self.flush()
+
+    @work(thread=True, exclusive=True, group="training", name="training", exit_on_error=False)
+    def _train(self) -> None:
+        try:
+            self.live_feed.train()
+        except FaevalError as err:
+            self.post_message(TrainingFailed(err))
+
+    def _poll_files(self) -> None:
+        self._announce(self.file_feed.poll())
+
+    def on_engine_event(self, message: EngineEvent) -> None:
+        self._announce(self.state.apply(message.event))
+
+    def on_training_failed(self, message: TrainingFailed) -> None:
+        self.state.error = message.error.problem
+        self.state.set_live(False)
+        self.sub_title = f"not training · {self.state.path.name}"
+        self.push_screen(ErrorScreen("Training cannot start", message.error))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.name != "training" or not event.worker.is_finished:
+            return
+        self.state.set_live(False)
+        if event.state == WorkerState.ERROR:
+            self.push_screen(ErrorScreen("Training stopped with an internal error", repr(event.worker.error)))
+
+    def _announce(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self.notify(alert.text, title=f"WALK BACK · {alert.run_id} · ({alert.diagnostic})",
+                        severity="error", timeout=12)
+        if alerts and self.bell_on:
+            self.bell()
+
+    # ---- redraw ------------------------------------------------------------------
+    def flush(self) -> None:
+        """Redraw what changed since the last call (called on a timer)."""
+        st = self.state
+        seen_version, seen_epochs, seen_sel = self._seen
+        if st.version != seen_version:
+            table = self.query_one(RunTable)
+            table.sync(st)
+            if self.selected is None or self.selected not in st.runs:
+                self.selected = table.selected
+            log = self.query_one(AlertLog)
+            for alert in st.alerts[self._alerts_shown:]:
+                log.add(alert)
+            self._alerts_shown = len(st.alerts)
+            log.border_title = f"walk-back alerts ({len(st.alerts)})"
+        if st.version != seen_version or self.selected != seen_sel:
+            self.query_one(Legend).update_from(st, self.selected)
+        if st.epoch_version != seen_epochs or self.selected != seen_sel:
+            self.query_one(ChartGrid).update_from(st, self.selected, self.no_color)
+            refresh = getattr(self.screen, "refresh_data", None)
+            if refresh is not None and self.screen is not self.screen_stack[0]:
+                refresh()
+        self._seen = (st.version, st.epoch_version, self.selected)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key is not None:
+            self.selected = event.row_key.value
+
+    def select_run(self, rid: str) -> None:
+        table = self.query_one(RunTable)
+        keys = [r.key.value for r in table.ordered_rows]
+        if rid in keys:
+            table.move_cursor(row=keys.index(rid))
+        self.selected = rid
+
+    # ---- actions -----------------------------------------------------------------
+    def action_inspect(self) -> None:
+        if self.selected is None:
+            self.notify("no run selected", severity="warning")
+            return
+        self.push_screen(InspectorScreen(self.selected))
+
+    def action_next_chart(self) -> None:
+        self.notify(f"chart: {self.query_one(ChartGrid).cycle()}", timeout=2)
+
+    def action_toggle_grid(self) -> None:
+        grid = self.query_one(ChartGrid)
+        grid.toggle_class("-single")
+        if self.screen.has_class("-narrow") or self.screen.has_class("-short"):
+            self.notify("too small for the 2×2 grid: one chart at a time (c cycles)", timeout=3)
+
+    def action_help(self) -> None:
+        from .verdict_view import VerdictScreen
+
+        self.push_screen(HelpScreen([("console", self.NAVIGATION + self.BINDINGS),
+                                     ("layer inspector (i)", InspectorScreen.BINDINGS),
+                                     ("penalty reruns (p)", RerunDialog.BINDINGS),
+                                     ("verdicts (v)", VerdictScreen.BINDINGS)]))
+
+    def action_verdicts(self) -> None:
+        from .verdict_view import VerdictScreen
+
+        if self.audit is None:
+            self.notify("no audit yet", severity="warning")
+            return
+        self.push_screen(VerdictScreen())
+
+    def action_export(self) -> None:
+        if self.audit is None:
+            self.notify("no audit yet", severity="warning")
+            return
+        try:
+            from engine.markdown import render_markdown
+        except ImportError:
+            self.notify("markdown export needs engine/markdown.py, which this engine does not have yet",
+                        severity="warning")
+            return
+        try:
+            text = render_markdown(self.audit)
+            path = self.audit.path / REPORT
+            atomic_write_bytes(path, text.encode())
+        except FaevalError as err:
+            self.push_screen(ErrorScreen("Export failed", err))
+            return
+        self.copy_to_clipboard(text)
+        self.last_export = path
+        self.notify(f"wrote {path} and copied it to the clipboard", title="export", timeout=8)
+
+    def action_rerun(self) -> None:
+        view = self.state.runs.get(self.selected or "")
+        if self.watching is not None or self.live_feed is None:
+            self.notify("read-only: start penalty reruns from the console that trains this audit",
+                        severity="warning")
+            return
+        if view is None:
+            self.notify("no run selected", severity="warning")
+            return
+        if view.spec.method == "frozen":
+            self.notify("frozen runs train no blocks: a block penalty would change nothing", severity="warning")
+            return
+        base = self.state.runs.get(view.spec.parent or "", view) if view.spec.penalty else view
+        self.push_screen(RerunDialog(base.run_id, base.spec.method, base.spec.seed, list(self.cfg.seeds)),
+                         callback=partial(self.start_reruns, base.spec.method))
+
+    def start_reruns(self, method: str, request: RerunRequest | None) -> list[str]:
+        if request is None:
+            return []
+        started, skipped = [], []
+        for lam in request.penalties:
+            for seed in request.seeds:
+                rid = run_id(method, seed, lam)
+                if rid in self.state.runs:
+                    skipped.append(rid)
+                    continue
+                parent = run_id(method, seed)
+                spec = RunSpec(rid, method, seed, lam, parent if parent in self.state.runs else None)
+                self.state.add_spec(spec, queued=True)
+                self.live_feed.submit(spec)
+                started.append(rid)
+        msg = f"queued {len(started)} rerun(s): {', '.join(started)}" if started else "no new reruns"
+        if skipped:
+            msg += f"; already in the audit: {', '.join(skipped)}"
+        self.notify(msg, title="penalty reruns", timeout=6)
+        self.flush()
+        return started
+
+    async def action_quit(self) -> None:
+        active = self.state.active() if self.live_feed is not None and self.state.live else []
+        if active:
+            self.push_screen(QuitDialog(len(active)), callback=self._quit_answer)
+        else:
+            await self.shutdown()
+
+    async def _quit_answer(self, yes: bool | None) -> None:
+        if yes:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop training (each run keeps its last checkpoint), wait for the threads, exit."""
+        if self.live_feed is not None:
+            self.live_feed.stop()
+            if self.training is not None and not self.training.is_finished:
+                self.notify("stopping runs at their next batch…", timeout=30)
+                try:
+                    await self.training.wait()
+                except Exception:
+                    pass  # its error was shown already; the checkpoints are what matters now
+        self.exit()
+
+
+def launch(cfg: AuditConfig, runs_dir: Path | str, bell: bool = True) -> None:
+    """Open the console on a new (or resumed) audit of ``cfg``."""
+    app = FaevalApp(cfg=cfg, runs_dir=Path(runs_dir), bell=bell)
+    app.run()
+    if app.audit is not None:
+        print(f"audit directory: {app.audit.path}")
+
+
+def watch(audit_dir: Path | str, bell: bool = True) -> None:
+    """Open the console read-only on an audit another process trains (or trained)."""
+    FaevalApp(watch=Audit.open(audit_dir), bell=bell).run()

@@ -1,0 +1,200 @@
+"""Modal dialogs: help, quit, resume, penalty reruns, errors."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, OptionList, SelectionList, Static
+from textual.widgets.option_list import Option
+
+from engine.audit import Audit
+from engine.config import STANDARD_PENALTIES
+from engine.errors import FaevalError
+
+
+def key_name(key: str) -> str:
+    return {"question_mark": "?", "escape": "esc", "left_square_bracket": "[", "right_square_bracket": "]",
+            "enter": "enter", "left": "←", "right": "→", "home": "home", "end": "end"}.get(key, key)
+
+
+def binding_rows(bindings: list[BindingType]) -> list[tuple[str, str]]:
+    rows = []
+    for b in bindings:
+        if isinstance(b, Binding):
+            keys, desc = b.key, b.description
+        else:
+            keys, desc = b[0], b[2] if len(b) > 2 else b[1]
+        rows.append((" ".join(key_name(k.strip()) for k in keys.split(",")), desc))
+    return rows
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of the console, read from the bindings themselves so it cannot drift."""
+
+    BINDINGS = [("escape,question_mark,q", "dismiss", "Close")]
+
+    def __init__(self, sections: list[tuple[str, list[BindingType]]]) -> None:
+        super().__init__()
+        self.sections = sections
+
+    def compose(self) -> ComposeResult:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column()
+        for title, bindings in self.sections:
+            table.add_row(Text(title, style="underline"), "")
+            for keys, desc in binding_rows(bindings):
+                table.add_row(keys, desc)
+        with VerticalScroll(id="dialog"):
+            yield Label("faeval-tui keys  (esc closes)", classes="title")
+            yield Static(table)
+
+
+class QuitDialog(ModalScreen[bool]):
+    BINDINGS = [("y", "answer(True)", "Stop and quit"), ("n,escape", "answer(False)", "Cancel")]
+
+    def __init__(self, active: int) -> None:
+        super().__init__()
+        self.active = active
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(f"{self.active} run(s) still active. Stop them and quit?", classes="title")
+            yield Static("Each stopped run keeps its last checkpoint; launching again with the same preset "
+                         "and --runs-dir offers to resume them.")
+            with Horizontal(classes="buttons"):
+                yield Button("y  stop and quit", id="yes", variant="error")
+                yield Button("n  cancel", id="no")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+class ResumeDialog(ModalScreen["Audit | None"]):
+    """Offers unfinished audits of the same preset; None starts a new audit."""
+
+    BINDINGS = [("escape,n", "new", "New audit")]
+
+    def __init__(self, candidates: list[tuple[Audit, list[str]]]) -> None:
+        super().__init__()
+        self.candidates = candidates
+
+    def compose(self) -> ComposeResult:
+        options = [Option(f"resume {a.path.name}: {len(runs)} unfinished ({', '.join(runs[:4])}"
+                          f"{', …' if len(runs) > 4 else ''})", id=str(i))
+                   for i, (a, runs) in enumerate(self.candidates)]
+        options.append(Option("start a new audit", id="new"))
+        with Vertical(id="dialog"):
+            yield Label("Unfinished audits of this preset were found", classes="title")
+            yield OptionList(*options, id="choices")
+            yield Static("↑↓ choose · enter confirm · n/esc new audit", classes="hint")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        oid = event.option.id
+        self.dismiss(None if oid == "new" else self.candidates[int(oid)][0])
+
+    def action_new(self) -> None:
+        self.dismiss(None)
+
+
+@dataclass(frozen=True)
+class RerunRequest:
+    penalties: list[float]
+    seeds: list[int]
+
+
+def parse_penalties(text: str) -> list[float]:
+    """Typed λ values, comma or space separated; each finite and > 0."""
+    out = []
+    for part in text.replace(",", " ").split():
+        try:
+            lam = float(part)
+        except ValueError:
+            raise ValueError(f"{part!r} is not a number") from None
+        if not (math.isfinite(lam) and lam > 0):
+            raise ValueError(f"λ = {part} must be finite and > 0")
+        out.append(lam)
+    return out
+
+
+class RerunDialog(ModalScreen[RerunRequest | None]):
+    """Choose λ (the standard sweep or typed) and seeds for penalty reruns of a run."""
+
+    BINDINGS = [("escape", "cancel", "Cancel"), ("ctrl+s", "submit", "Start reruns")]
+
+    def __init__(self, run_id: str, method: str, seed: int, seeds: list[int]) -> None:
+        super().__init__()
+        self.run_id, self.method, self.seed, self.seeds = run_id, method, seed, seeds
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(f"Penalty reruns of {self.run_id}: {self.method} + λ·Σ‖f_l‖²", classes="title")
+            yield SelectionList[float](*[(f"λ = {lam:g}", lam, lam == 1e-3) for lam in STANDARD_PENALTIES],
+                                       id="lams")
+            yield Input(placeholder="or type λ values, e.g. 3e-3 5e-2", id="typed")
+            yield SelectionList[int](*[(f"seed {s}", s, s == self.seed) for s in self.seeds], id="seeds")
+            yield Static("", id="problem")
+            yield Static("space toggles · tab next · ctrl+s (or enter in the λ field) starts · esc cancels",
+                         classes="hint")
+            with Horizontal(classes="buttons"):
+                yield Button("start", id="start", variant="primary")
+                yield Button("cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#lams").border_title = "λ"
+        self.query_one("#seeds").border_title = "seeds"
+
+    def request(self) -> RerunRequest:
+        lams = list(self.query_one("#lams", SelectionList).selected)
+        lams += [x for x in parse_penalties(self.query_one("#typed", Input).value) if x not in lams]
+        seeds = list(self.query_one("#seeds", SelectionList).selected)
+        if not lams:
+            raise ValueError("choose or type at least one λ")
+        if not seeds:
+            raise ValueError("choose at least one seed")
+        return RerunRequest(sorted(lams), seeds)
+
+    def action_submit(self) -> None:
+        try:
+            self.dismiss(self.request())
+        except ValueError as err:
+            self.query_one("#problem", Static).update(Text(str(err), style="bold red"))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def on_input_submitted(self) -> None:
+        self.action_submit()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.action_submit() if event.button.id == "start" else self.dismiss(None)
+
+
+class ErrorScreen(ModalScreen[None]):
+    """A problem the user can fix: what is wrong and what to do, not a traceback."""
+
+    BINDINGS = [("q", "app.exit_now", "Quit"), ("escape", "dismiss", "Back to the console")]
+
+    def __init__(self, title: str, err: FaevalError | str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.err = err
+
+    def compose(self) -> ComposeResult:
+        problem = self.err.problem if isinstance(self.err, FaevalError) else str(self.err)
+        hint = self.err.hint if isinstance(self.err, FaevalError) else ""
+        with Vertical(id="dialog", classes="error"):
+            yield Label(self.title_text, classes="title")
+            yield Static(Text(problem), id="problem")
+            if hint:
+                yield Static(Text("→ " + hint, style="bold"), id="hint")
+            yield Static("q quits · esc returns to the console", classes="hint")

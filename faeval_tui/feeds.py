@@ -1,0 +1,91 @@
+"""The two ways records reach ``AuditState``: training events, and files that grow.
+
+``FileFeed`` follows an audit directory (``watch``, and the history of a resumed
+audit); ``LiveFeed`` trains it and forwards the engine's events. Neither touches a
+widget: the app posts what they produce as messages and redraws on a timer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from engine.audit import Audit, AuditRunner, RunSpec, _unfinished
+from engine.config import AuditConfig
+from engine.events import Event
+from engine.runstore import RECORDS, RecordReader, list_runs
+from engine.verdicts import Alert
+
+from .state import AuditState
+
+
+class FileFeed:
+    """Reads every run's records.jsonl incrementally; new run directories join as they appear."""
+
+    def __init__(self, audit: Audit, state: AuditState) -> None:
+        self.audit = audit
+        self.state = state
+        self.readers: dict[str, RecordReader] = {}
+        for spec in audit.planned():
+            state.add_spec(spec)
+
+    def poll(self) -> list[Alert]:
+        """New lines of every run since the last poll; returns the alerts they raised."""
+        alerts: list[Alert] = []
+        try:
+            for run_dir in list_runs(self.audit.path):
+                if run_dir.name not in self.readers:
+                    self.readers[run_dir.name] = RecordReader(run_dir / RECORDS)
+        except OSError:
+            pass  # the directory is being changed under us: the next poll sees it whole
+        for run_id, reader in self.readers.items():
+            for rec in reader.poll():
+                alerts += self.state.ingest_line(run_id, rec)
+        self.state.set_live(self.audit.is_live())
+        return alerts
+
+
+class LiveFeed:
+    """Trains the audit; ``listener`` hears the engine's events on the training threads."""
+
+    def __init__(self, audit: Audit, listener: Callable[[Event], None]) -> None:
+        self.audit = audit
+        self.runner = AuditRunner(audit, listener)
+
+    def submit_unfinished(self) -> list[RunSpec]:
+        return self.runner.submit_unfinished()
+
+    def submit(self, spec: RunSpec) -> None:
+        self.runner.submit(spec)
+
+    def train(self) -> None:
+        """Blocks until ``stop``: call it on a thread. Loading the task first means a missing
+        dataset raises its DataError here, where the console can show it."""
+        self.runner.task
+        self.runner.run(keep_alive=True)
+
+    def stop(self) -> None:
+        self.runner.stop()
+
+
+def resumable_audits(runs_dir: Path, cfg: AuditConfig) -> list[tuple[Audit, list[str]]]:
+    """Audits under ``runs_dir`` of the same preset name that nobody trains and that have
+    unfinished runs (stopped, failed, or no end line), newest first."""
+    found = []
+    try:
+        dirs = sorted((p for p in Path(runs_dir).iterdir() if (p / "config.yaml").is_file()), reverse=True)
+    except OSError:
+        return []
+    for path in dirs:
+        try:
+            audit = Audit.open(path)
+        except Exception:  # a damaged or foreign directory is not a resume candidate
+            continue
+        if audit.cfg.name != cfg.name or audit.is_live():
+            continue
+        logs = audit.logs()
+        if not any(log.header is not None for log in logs):
+            continue  # never started: nothing to resume
+        unfinished = [log.run_id for log in logs if _unfinished(log)]
+        if unfinished:
+            found.append((audit, unfinished))
+    return found

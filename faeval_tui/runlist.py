@@ -1,0 +1,88 @@
+"""The run list and the alert log of the main screen."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import DataTable, RichLog
+
+from engine.verdicts import Alert
+
+from .state import AuditState, RunView
+
+COLUMNS = (("", "mark"), ("method", "method"), ("seed", "seed"), ("λ", "lam"), ("status", "status"),
+           ("epoch", "epoch"), ("verdict", "verdict"))
+STATUS_STYLE = {"running": "bold", "finished": "", "queued": "dim", "not started": "dim", "stopped": "yellow",
+                "failed": "red", "diverged": "red"}
+
+
+def badge(view: RunView) -> Text:
+    """The live verdict badge: the engine's label for the records so far."""
+    label = view.verdict.label
+    if label.startswith("WALKED BACK"):
+        return Text(label, style="bold red")
+    if label == "TRUSTWORTHY":
+        text = Text(label, style="green")
+        if view.alerts:  # it was walked back at some epoch; the final verdict reads the last one
+            text.append(f" (alert e{view.alerts[0].epoch})", style="yellow")
+        return text
+    return Text(label, style="dim")
+
+
+def epoch_cell(view: RunView) -> str:
+    total = view.log.total_epochs or "?"
+    cell = f"{view.last_epoch}/{total}"
+    if view.progress and view.progress[2]:
+        cell += f" {100 * view.progress[1] // view.progress[2]:>2}%"
+    return cell
+
+
+def row(state: AuditState, view: RunView) -> list[Text | str]:
+    status = view.status(state.live)
+    indent = "  " * state.depth(view) + ("↳ " if view.spec.parent else "")
+    return [Text(view.marker, style=f"bold color({view.color})"), indent + view.spec.method, str(view.spec.seed),
+            f"{view.spec.penalty:g}" if view.spec.penalty else "—", Text(status, style=STATUS_STYLE.get(status, "")),
+            epoch_cell(view), badge(view)]
+
+
+class RunTable(DataTable):
+    """One row per run; the cursor row is the selected run."""
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self.zebra_stripes = False
+        for label, key in COLUMNS:
+            self.add_column(label, key=key)
+
+    @property
+    def selected(self) -> str | None:
+        if not self.row_count:
+            return None
+        return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+
+    def sync(self, state: AuditState) -> None:
+        """Add new runs, update changed cells; the cursor stays on its run."""
+        views = state.ordered()
+        keys = [v.run_id for v in views]
+        current = [r.key.value for r in self.ordered_rows]
+        if keys != current:
+            chosen = self.selected
+            self.clear()
+            for v in views:
+                self.add_row(*row(state, v), key=v.run_id)
+            if chosen in keys:
+                self.move_cursor(row=keys.index(chosen))
+            return
+        for v in views:
+            for (_, col), value in zip(COLUMNS, row(state, v)):
+                if str(self.get_cell(v.run_id, col)) != str(value):
+                    self.update_cell(v.run_id, col, value)
+
+
+class AlertLog(RichLog):
+    """Every walk-back alert, oldest first; it stays after the toast has gone."""
+
+    def add(self, alert: Alert) -> None:
+        line = Text()
+        line.append(f"e{alert.epoch:<3} ", style="bold")
+        line.append("WALK BACK ", style="bold red")
+        line.append(alert.text)
+        self.write(line)

@@ -1,0 +1,188 @@
+"""The console's one state model: what every widget reads.
+
+Two feeds fill it the same way: live training hands it engine events
+(``apply``), ``watch`` hands it the lines it reads from records.jsonl files
+(``ingest_line``), which become the same events. No Textual here, so it is tested
+without a screen. Verdicts and alerts come from ``engine.verdicts``; nothing is
+diagnosed here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.audit import RunSpec
+from engine.config import AuditConfig
+from engine.events import BatchProgress, EpochDone, Event, RunEnded, RunStarted
+from engine.runstore import RunLog
+from engine.verdicts import Alert, Verdict, new_alerts, verdict
+
+# (256-colour index, marker) per run, in order of appearance: the marker keeps series
+# apart when NO_COLOR turns the colours grey
+PALETTE: tuple[tuple[int, str], ...] = (
+    (39, "•"), (208, "x"), (41, "+"), (199, "o"), (226, "*"), (45, "#"),
+    (171, "%"), (118, "@"), (214, "&"), (105, "$"), (203, "="), (87, "~"),
+)
+ACTIVE = ("running", "queued")
+
+
+@dataclass
+class RunView:
+    """One run as the console shows it: its records plus what only the console knows."""
+
+    spec: RunSpec
+    index: int  # order of appearance: picks the colour and marker
+    log: RunLog
+    queued: bool = False  # submitted to the runner, not started yet
+    started: bool = False  # RunStarted seen in this process (live mode)
+    progress: tuple[int, int, int] | None = None  # epoch, batch, batches of the epoch in training
+    alerts: list[Alert] = field(default_factory=list)
+    _verdict: tuple[int, Verdict] | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+    @property
+    def color(self) -> int:
+        return PALETTE[self.index % len(PALETTE)][0]
+
+    @property
+    def marker(self) -> str:
+        return PALETTE[self.index % len(PALETTE)][1]
+
+    @property
+    def verdict(self) -> Verdict:
+        n = len(self.log.epochs)
+        if self._verdict is None or self._verdict[0] != n:
+            self._verdict = (n, verdict(self.log.epochs))
+        return self._verdict[1]
+
+    @property
+    def last_epoch(self) -> int:
+        return self.log.epochs[-1]["epoch"] if self.log.epochs else 0
+
+    def status(self, live: bool) -> str:
+        if self.queued:
+            return "queued"
+        if self.log.header is None:
+            return "queued" if live else "not started"
+        return self.log.status(live)
+
+
+class AuditState:
+    """Runs, records and alerts of one audit, fed by live events or by files."""
+
+    def __init__(self, path: Path, cfg: AuditConfig, read_only: bool = False) -> None:
+        self.path = path
+        self.cfg = cfg
+        self.read_only = read_only
+        self.live = False
+        self.runs: dict[str, RunView] = {}
+        self.alerts: list[Alert] = []
+        self.version = 0  # bumped on any change: the run list and alert log redraw
+        self.epoch_version = 0  # bumped on new epoch records: the charts and inspector redraw
+        self.error: str | None = None
+
+    # ---- building the run list -------------------------------------------------------
+    def add_spec(self, spec: RunSpec, queued: bool = False) -> RunView:
+        view = self.runs.get(spec.run_id)
+        if view is None:
+            view = RunView(spec, len(self.runs), RunLog(spec.run_id))
+            self.runs[spec.run_id] = view
+        view.queued = view.queued or queued
+        self.version += 1
+        return view
+
+    def _view(self, run_id: str, header: dict[str, Any] | None = None) -> RunView:
+        if run_id not in self.runs:
+            h = header or {}
+            spec = RunSpec(run_id, h.get("method", "?"), h.get("seed", 0), h.get("penalty", 0.0), h.get("parent"))
+            self.add_spec(spec)
+        return self.runs[run_id]
+
+    def ordered(self) -> list[RunView]:
+        """Planned order, each penalty rerun right after its parent (its family)."""
+        roots = [v for v in self.runs.values() if v.spec.parent not in self.runs]
+        out: list[RunView] = []
+
+        def visit(v: RunView) -> None:
+            out.append(v)
+            for child in self.runs.values():
+                if child.spec.parent == v.run_id:
+                    visit(child)
+
+        for root in roots:
+            visit(root)
+        return out
+
+    def depth(self, view: RunView) -> int:
+        d, parent = 0, view.spec.parent
+        while parent in self.runs and d < 8:
+            d, parent = d + 1, self.runs[parent].spec.parent
+        return d
+
+    # ---- the two feeds ---------------------------------------------------------------
+    def apply(self, event: Event) -> list[Alert]:
+        """Apply one engine event; returns the walk-back alerts it raised."""
+        if isinstance(event, BatchProgress):
+            view = self._view(event.run_id)
+            view.progress = (event.epoch, event.batch, event.batches)
+            self.version += 1
+            return []
+        if isinstance(event, RunStarted):
+            view = self._view(event.run_id, event.header)
+            view.log.header = event.header
+            view.log.end = None
+            view.started, view.queued = True, False
+            view.progress = (event.resumed_from + 1, 0, 1)
+        elif isinstance(event, EpochDone):
+            view = self._view(event.run_id)
+            view.log.add(event.record)
+            view.progress = None
+            self.epoch_version += 1
+            fresh = [a for a in event.alerts if (a.diagnostic, a.epoch) not in
+                     {(b.diagnostic, b.epoch) for b in view.alerts}]
+            view.alerts.extend(fresh)
+            self.alerts.extend(fresh)
+            self.version += 1
+            return fresh
+        elif isinstance(event, RunEnded):
+            view = self._view(event.run_id)
+            if view.log.end is None or view.log.end.get("status") != event.status:
+                view.log.add({"type": "end", "status": event.status, "message": event.message,
+                              "epoch": view.last_epoch})
+            view.progress = None
+            view.queued = False
+        self.version += 1
+        return []
+
+    def ingest_line(self, run_id: str, rec: dict[str, Any]) -> list[Alert]:
+        """One line of a run's records.jsonl, turned into the event training would have sent."""
+        kind = rec.get("type")
+        if kind == "header":
+            return self.apply(RunStarted(run_id, rec, 0))
+        view = self._view(run_id)
+        if kind == "epoch":
+            earlier = [e for e in view.log.epochs if e["epoch"] < rec["epoch"]]
+            return self.apply(EpochDone(run_id, rec, new_alerts(run_id, earlier, rec, self.cfg.thresholds)))
+        if kind == "end":
+            view.log.add(rec)
+            view.progress = None
+        elif kind == "resume":
+            view.log.add(rec)
+        self.version += 1
+        return []
+
+    def set_live(self, live: bool) -> None:
+        if live != self.live:
+            self.live = live
+            self.version += 1
+
+    # ---- questions widgets ask -------------------------------------------------------
+    def active(self) -> list[RunView]:
+        return [v for v in self.runs.values() if v.status(self.live) in ACTIVE]
+
+    def total_epochs(self) -> int:
+        return max([self.cfg.epochs] + [v.log.total_epochs for v in self.runs.values()])

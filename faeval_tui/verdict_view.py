@@ -1,0 +1,54 @@
+"""The verdict view: the audit's tables from ``engine.tables``, on the runs in memory.
+
+The cells are the engine's text; this screen only lays them out (one DataTable per
+table, its notes below) so the console and the markdown export never disagree.
+"""
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Label, Static
+
+from engine import tables
+
+from .state import AuditState
+
+
+def current_tables(state: AuditState) -> list[tables.Table]:
+    runs = [tables.RunView.of(v.log, v.status(state.live), state.cfg.thresholds)
+            for v in state.ordered() if v.log.header is not None]
+    return tables.audit_tables(runs, state.cfg)
+
+
+def cell(text: str) -> Text:
+    style = "bold red" if text.startswith("WALKED BACK") else ("green" if text.startswith("TRUSTWORTHY") else "")
+    return Text(text, style=style)
+
+
+class VerdictScreen(Screen):
+    """Audit table, per-layer table, penalty sweep, strategies and threshold sensitivity."""
+
+    BINDINGS = [("e", "app.export", "Export markdown"), ("escape,v", "app.pop_screen", "Back")]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="verdicts"):
+            for t in current_tables(self.app.state):  # type: ignore[attr-defined]
+                yield Label(t.title, classes="table-title")
+                yield DataTable(id=f"table-{t.key}", cursor_type="row", show_cursor=False, zebra_stripes=True)
+                yield Static(id=f"notes-{t.key}", classes="notes")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_data()
+
+    def refresh_data(self) -> None:
+        for t in current_tables(self.app.state):  # type: ignore[attr-defined]
+            grid = self.query_one(f"#table-{t.key}", DataTable)
+            grid.clear(columns=True)
+            grid.add_columns(*t.headers)
+            for row in t.rows:
+                grid.add_row(*(cell(c) for c in row))
+            notes = "\n".join(t.notes) if t.rows else "no run has an epoch record yet"
+            self.query_one(f"#notes-{t.key}", Static).update(Text(notes))
