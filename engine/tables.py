@@ -211,14 +211,23 @@ def group_status(runs: list[RunView]) -> str:
     return "; ".join(parts)
 
 
+def submode_cell(runs: list[RunView]) -> str:
+    """(c)'s label over seeds: "drift", "noise" or "drift 1/3"."""
+    live = [r for r in runs if r.final]
+    drift = sum(r.verdict.submode == "drift" for r in live)
+    return "" if not live else "drift" if drift == len(live) else "noise" if not drift else f"drift {drift}/{len(live)}"
+
+
 def group_verdict(runs: list[RunView]) -> str:
-    labels = Counter(r.verdict.describe() for r in runs if r.final)
+    """The seeds' verdict when they agree (with the sub-mode if walked back), else each with its count."""
+    live = [r for r in runs if r.final]
+    labels = Counter(r.verdict.label for r in live)
     if not labels:
         return "NO DATA"
     if len(labels) == 1:
-        return next(iter(labels))
-    n = sum(labels.values())
-    return "; ".join(f"{label} ({k}/{n})" for label, k in labels.items())
+        label = next(iter(labels))
+        return f"{label}, {submode_cell(live)}" if live[0].verdict.walked_back else label
+    return "; ".join(f"{label} ({k}/{len(live)})" for label, k in labels.items())
 
 
 def first_fire_cell(runs: list[RunView]) -> str:
@@ -264,8 +273,7 @@ def audit_table(runs: "Audit | Sequence[RunLike]", cfg: AuditConfig | None = Non
             "growth": _final(live, lambda f: f.get("growth")),
             "stability": _final(live, lambda f: f.get("stability")),
         }
-        drift = sum(r.verdict.submode == "drift" for r in live)
-        submode = "" if not n else ("drift" if drift == n else "noise" if not drift else f"drift {drift}/{n}")
+        submode = submode_cell(live)
         rows.append([method, lam_cell(lam), str(n), group_status(group), stats["acc"].cell(pct, n),
                      stats["gap"].cell(pp, n), mark(stats["gamma"].cell(num, n), k_deg > 0, DAGGER),
                      mark(stats["deep_cos"].cell(num, n), k_deg > 0, DAGGER),
@@ -285,6 +293,9 @@ def audit_table(runs: "Audit | Sequence[RunLike]", cfg: AuditConfig | None = Non
                      f"{cfg.diagnostics.rho_every} epochs).")
     if "frozen" not in cfg.methods:
         notes.append("no frozen baseline in this audit: (d) and the gap cannot be measured.")
+    elif any(d["method"] != "frozen" and d["gap"]["n"] < d["n"] for d in data):
+        notes.append("gap — : the frozen run of that seed has no record at that epoch (failed, or not trained "
+                     "that far), so (d) cannot fire there.")
     return Table("audit", "Audit", headers, rows, notes, data)
 
 

@@ -185,7 +185,7 @@ def test_audit_table_means_stds_and_gap_over_seeds(main_audit):
 def test_mode1_run_is_walked_back_with_first_fires_and_degenerate_cosines_marked(main_audit):
     t = audit_table(main_audit)
     fa = row(t, "fa", "0")
-    assert fa["verdict"] == "WALKED BACK via (a)+(b), drift (1/2); WALKED BACK via (a)+(b), noise (1/2)"
+    assert fa["verdict"] == "WALKED BACK via (a)+(b), drift 1/2"
     assert fa["first fire (epoch, per seed)"] == "(a) 3, 3; (b) 4, 4"
     assert fa["Γ"] == "0.143 ± 0 †" and fa["deep cos"].endswith("†") and fa["deep ρ"].endswith("†")
     assert fa["‖g_L‖"] == "2.55e-8 ± 3.46e-8" and fa["max growth"] == "195 ± 148"

@@ -1,0 +1,231 @@
+"""The markdown export: goldens from hand-written records, GitHub-table structure, and agreement
+with the JSON export on a small real audit.
+
+Regenerate the goldens after an intended change with
+``FAEVAL_REGEN_GOLDEN=1 pytest tests/test_markdown.py`` and review the diff.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from markdown_it import MarkdownIt
+from typer.testing import CliRunner
+
+from engine.audit import Audit, AuditRunner
+from engine.config import load_config
+from engine.markdown import render_markdown, table_markdown
+from engine.runstore import decode
+from engine.tables import Table, audit_tables
+from faeval_tui.cli import app
+from test_tables import edge_audit, main_audit  # noqa: F401  (fixtures)
+
+GOLDEN = Path(__file__).parent / "golden"
+REGEN = os.environ.get("FAEVAL_REGEN_GOLDEN") == "1"
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if REGEN or not path.exists():
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        if not REGEN:
+            pytest.fail(f"wrote missing golden {path}; review it and rerun")
+    assert text == path.read_text(encoding="utf-8"), f"{name} differs; FAEVAL_REGEN_GOLDEN=1 to accept"
+
+
+def md_tables(text: str) -> list[dict]:
+    """Every GitHub table in ``text`` as {headers, rows}, parsed by markdown-it with the table rule on."""
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    tables, cur, cells, section = [], None, None, None
+    for i, tok in enumerate(tokens):
+        if tok.type == "table_open":
+            cur = {"headers": [], "rows": []}
+        elif tok.type in ("thead_open", "tbody_open"):
+            section = tok.type[:5]
+        elif tok.type == "tr_open":
+            cells = []
+        elif tok.type in ("th_open", "td_open"):
+            cells.append(tokens[i + 1].content if tokens[i + 1].type == "inline" else "")
+        elif tok.type == "tr_close":
+            (cur["headers"].extend(cells) if section == "thead" else cur["rows"].append(cells))
+        elif tok.type == "table_close":
+            tables.append(cur)
+    return tables
+
+
+def unescape(cell: str) -> str:
+    return cell.replace("\\|", "|").replace("\\\\", "\\")
+
+
+def assert_tables_parse(text: str, tables: list[Table]) -> None:
+    parsed = md_tables(text)
+    shown = [t for t in tables if t.rows]
+    assert len(parsed) == len(shown)
+    for p, t in zip(parsed, shown):
+        assert p["headers"] == t.headers
+        assert all(len(r) == len(t.headers) for r in p["rows"])  # markdown-it pads short rows: compare content too
+        assert [[unescape(c) for c in r] for r in p["rows"]] == t.rows
+
+
+# ---- goldens and structure ---------------------------------------------------------------
+
+def test_markdown_golden_of_the_main_audit(main_audit):  # noqa: F811
+    text = render_markdown(main_audit)
+    check_golden("main_audit.md", text)
+    assert_tables_parse(text, audit_tables(main_audit))
+
+
+def test_markdown_golden_of_the_edge_audit_with_nan_running_failed_and_single_seed(edge_audit):  # noqa: F811
+    text = render_markdown(edge_audit)
+    check_golden("edge_audit.md", text)
+    assert_tables_parse(text, audit_tables(edge_audit))
+    assert "failed at epoch 1/4: RuntimeError: shape \\| mismatch" in text  # the pipe is escaped, not a cell break
+    assert "- **runs**: 5 (1 diverged, 1 failed, 1 finished, 2 running)" in text
+
+
+def test_header_names_preset_data_seeds_and_thresholds(main_audit):  # noqa: F811
+    head = render_markdown(main_audit).split("## Audit")[0]
+    for line in ("# faeval audit: golden", "- **preset**: golden (hand-written records)",
+                 "- **data**: synthetic teacher task (10 classes", "- **seeds**: 1, 2",
+                 "- **thresholds**: (a) growth > 50.0; (b) ‖g_L‖ < 1.00e-7; (c) stability > 0.300 = drift; "
+                 "(d) accuracy < frozen baseline + 0"):
+        assert line in head
+
+
+def test_an_empty_table_renders_its_note_instead_of_a_table():
+    text = table_markdown(Table("penalty", "Penalty sweep", ["method", "λ"], [], ["no penalty reruns in this audit."]))
+    assert text == "## Penalty sweep\n\n_no penalty reruns in this audit._\n" and md_tables(text) == []
+
+
+# ---- a real audit: markdown numbers equal the JSON export's -------------------------------
+
+TINY = ["epochs=2", "seeds=[1,2]", "penalties=[0.01]", "d=16", "L=2", "batch_size=64", "synthetic.n_train=512",
+        "synthetic.n_test=256", "diagnostics.n_samples=256", "diagnostics.rho_samples=64",
+        "diagnostics.rho_directions=4", "diagnostics.null_draws=4", "device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def real_export(tmp_path_factory):
+    """A tiny real audit (bp, fa, dfa, frozen × 2 seeds, λ = 0.01 reruns), exported both ways by the CLI."""
+    audit = Audit.create(load_config(None, TINY), tmp_path_factory.mktemp("runs"))
+    runner = AuditRunner(audit)
+    runner.submit_unfinished()
+    assert set(runner.run().values()) == {"finished"}
+    cli = CliRunner()
+    md = cli.invoke(app, ["export", str(audit.path)])
+    js = cli.invoke(app, ["export", str(audit.path), "--format", "json"])
+    assert md.exit_code == 0 and js.exit_code == 0, md.output + js.output
+    return audit, md.stdout, decode(json.loads(js.stdout))
+
+
+def agrees(text: str, value: float | None, scale: float = 1.0) -> bool:
+    """``text`` is ``value`` printed: equal to within half a unit of its last digit."""
+    if value is None:
+        return text == "—"
+    value *= scale
+    if text in ("nan", "inf", "−inf"):
+        return (math.isnan(value) if text == "nan" else value == (math.inf if text == "inf" else -math.inf))
+    mantissa, _, exp = text.partition("e")
+    decimals = len(mantissa.partition(".")[2])
+    tol = 0.5 * 10.0 ** (int(exp or 0) - decimals)
+    return abs(float(text) - value) <= tol * (1 + 1e-9)
+
+
+def split_cell(cell: str) -> tuple[str, str | None]:
+    """'0.123 ± 0.0400 (n=3) †' → ('0.123', '0.0400'); markers and labels dropped."""
+    cell = re.sub(r"\(n=\d+\)|[†‡]|\(noise\)|\b(noise|drift)\b( \d+/\d+)?", "", cell).strip()
+    mean, _, std = cell.partition(" ± ")
+    return mean.strip(), (std.strip() or None)
+
+
+def assert_stat(cell: str, values: list[float], scale: float = 1.0) -> None:
+    vals = [v for v in values if v is not None]
+    mean, std = split_cell(cell)
+    assert agrees(mean, float(np.mean(vals)) if vals else None, scale), (cell, vals)
+    if len(vals) > 1:
+        assert agrees(std, float(np.std(vals, ddof=1)), scale), (cell, vals)
+    else:
+        assert std is None
+
+
+def test_real_audit_renders_every_table_and_the_json_holds_the_same_cells(real_export):
+    _, md, doc = real_export
+    parsed = md_tables(md)
+    assert [t["key"] for t in doc["tables"]] == ["audit", "layers", "penalty", "strategies", "sensitivity"]
+    assert len(parsed) == 5
+    for p, t in zip(parsed, doc["tables"]):
+        assert p["headers"] == t["headers"] and [[unescape(c) for c in r] for r in p["rows"]] == t["rows"]
+    assert len(parsed[0]["rows"]) == 6 and len(parsed[2]["rows"]) == 4  # bp, fa, fa λ, dfa, dfa λ, frozen
+
+
+def finals(doc, method: str, lam: float) -> list[dict]:
+    return [r["final"] for r in doc["runs"] if r["method"] == method and r["penalty"] == lam and r["final"]]
+
+
+def test_real_audit_markdown_numbers_equal_the_json_runs(real_export):
+    _, md, doc = real_export
+    audit_t, layer_t, pen_t, strat_t, sens_t = md_tables(md)
+    cols = {"acc %": ("test_acc", 100), "Γ": ("gamma", 1), "deep cos": ("deep_cos", 1), "deep ρ": ("deep_rho", 1),
+            "‖g_L‖": ("g_L", 1), "max growth": ("growth", 1), "stability": ("stability", 1)}
+    for cells in audit_t["rows"]:
+        row = dict(zip(audit_t["headers"], cells))
+        fs = finals(doc, row["method"], float(row["λ"]))
+        assert row["n"] == str(len(fs)) == "2"
+        for header, (key, scale) in cols.items():
+            assert_stat(row[header], [f[key] for f in fs], scale)
+        assert_stat(row["‖h_L‖"], [f["h_norm"][-1] for f in fs])
+        if row["method"] != "frozen":
+            assert_stat(row["gap pp"], [f["test_acc"] - f["baseline_acc"] for f in fs], 100)
+        labels = {r["verdict_detail"]["label"] for r in doc["runs"]
+                  if r["method"] == row["method"] and r["penalty"] == float(row["λ"])}
+        assert all(label in row["verdict"] for label in labels)
+    for cells in layer_t["rows"]:
+        row = dict(zip(layer_t["headers"], cells))
+        fs, l = finals(doc, row["method"], float(row["λ"])), int(row["layer"])
+        for header, key in (("cos_l ± std (over seeds)", "cos"), ("ρ_l", "rho"), ("‖h_l‖", "h_norm"),
+                            ("‖g_l‖", "g_norm"), ("‖a_l‖", "a_norm")):
+            assert_stat(row[header], [f[key][l] for f in fs])
+        if row["method"] in ("fa", "dfa"):
+            assert agrees(split_cell(row["null band"])[0], float(np.mean([f["null_mean"][l] for f in fs])))
+    for cells in pen_t["rows"]:
+        row = dict(zip(pen_t["headers"], cells))
+        fs = finals(doc, row["method"], float(row["λ"]))
+        assert_stat(row["acc %"], [f["test_acc"] for f in fs], 100)
+        assert_stat(row["‖g_L‖"], [f["g_L"] for f in fs])
+        assert_stat(row["deep cos"], [f["deep_cos"] for f in fs])
+
+
+def test_real_audit_strategies_and_sensitivity_agree_with_the_json_runs(real_export):
+    _, md, doc = real_export
+    _, _, _, strat_t, sens_t = md_tables(md)
+    runs = {r["run_id"]: r for r in doc["runs"]}
+    for cells in strat_t["rows"][:-1]:
+        row = dict(zip(strat_t["headers"], cells))
+        f = runs[row["run"]]["final"]
+        assert agrees(row["acc %"], f["test_acc"], 100) and agrees(split_cell(row["Γ"])[0], f["gamma"])
+        s1 = f["test_acc"] <= 0.1 or f["gamma"] <= 0
+        assert row["S1 acc+Γ"] == ("back" if s1 else "ok")
+        assert row["S_full"] == ("back" if runs[row["run"]]["verdict_detail"]["walked_back"] else "ok")
+    n = len(runs)
+    k = sum(r["verdict_detail"]["walked_back"] for r in runs.values())
+    assert f"by S_full: {k} of {n}" in md
+    a = dict(zip(sens_t["headers"], sens_t["rows"][0]))
+    healthy = [r["final"]["growth"] for r in runs.values() if "a" not in r["final"]["fired"]]
+    assert int(a["healthy runs"]) == len(healthy) and agrees(a["healthy edge"], max(healthy))
+    b = dict(zip(sens_t["headers"], sens_t["rows"][1]))
+    healthy = [r["final"]["g_L"] for r in runs.values() if "b" not in r["final"]["fired"]]
+    assert agrees(b["healthy edge"], min(healthy))
+
+
+def test_export_writes_markdown_to_a_file_with_out(real_export, tmp_path):
+    audit, md, _ = real_export
+    out = tmp_path / "report.md"
+    result = CliRunner().invoke(app, ["export", str(audit.path), "--out", str(out)])
+    assert result.exit_code == 0 and out.read_text(encoding="utf-8") == md
+    assert md.startswith(f"# faeval audit: {audit.path.name}\n")
