@@ -20,6 +20,20 @@ DEFAULT_PRESET = "synthetic_default"
 STANDARD_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
+class _Loader(yaml.SafeLoader):
+    """The safe loader, reading ``1e-3`` as a float as YAML 1.2 does (1.1 needs ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."))
+
+
+def safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader subclass
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -185,7 +199,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"cannot read preset {path}: {err.strerror}", "check the path") from None
     try:
-        data = yaml.safe_load(text)  # safe loader only: a preset never constructs objects
+        data = safe_load(text)  # safe loader only: a preset never constructs objects
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -217,7 +231,7 @@ def parse_set(item: str) -> tuple[list[str], Any]:
     if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
         raise ConfigError(f"--set key {key!r} is not a dotted preset key", "keys look like epochs or thresholds.growth")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw  # not YAML: hand the raw string to validation, which names the expected type
     return parts, value

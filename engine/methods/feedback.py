@@ -26,8 +26,8 @@ class FeedbackMethod(Method):
         super().__init__(model, n_classes, generator)
         self.depth = model.depth
         self.d = model.d
-        device = next(model.parameters()).device
-        self.B = [b.to(device) for b in self.draw(generator)]
+        ref = next(model.parameters())
+        self.B = [b.to(ref.device, ref.dtype) for b in self.draw(generator)]
 
     @abstractmethod
     def shapes(self) -> list[tuple[int, int]]:
@@ -46,7 +46,7 @@ class FeedbackMethod(Method):
     def null_credits(self, probe: Probe, generator: torch.Generator, draws: int) -> Iterator[list[Tensor]]:
         e = probe.error
         for _ in range(draws):
-            yield self.propagate(e, [b.to(e.device) for b in self.draw(generator)])
+            yield self.propagate(e, [b.to(e.device, e.dtype) for b in self.draw(generator)])
 
     def step(self, model, x, y, penalty):
         hs, fs = model.hidden_states(x, detach_inputs=True)
@@ -65,8 +65,8 @@ class FeedbackMethod(Method):
         return {"B": [b.detach().cpu() for b in self.B]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        device = self.B[0].device
-        loaded = [b.to(device) for b in state["B"]]
+        ref = self.B[0]
+        loaded = [b.to(ref.device, ref.dtype) for b in state["B"]]
         if [tuple(b.shape) for b in loaded] != [tuple(b.shape) for b in self.B]:
             raise ValueError("feedback matrices in the checkpoint do not match this model's shapes")
         self.B = loaded

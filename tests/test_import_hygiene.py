@@ -1,0 +1,13 @@
+"""engine/ is a library: importing every module of it pulls in neither textual nor rich."""
+import subprocess
+import sys
+
+
+def test_engine_never_imports_textual_or_rich():
+    code = ("import pkgutil, importlib, sys, engine, engine.methods\n"
+            "for m in pkgutil.walk_packages(engine.__path__, 'engine.'): importlib.import_module(m.name)\n"
+            "import engine.methods; engine.methods.available_methods()\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')]\n"
+            "print(bad); sys.exit(1 if bad else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
