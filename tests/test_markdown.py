@@ -105,8 +105,8 @@ def test_an_empty_table_renders_its_note_instead_of_a_table():
 
 # ---- a real audit: markdown numbers equal the JSON export's -------------------------------
 
-TINY = ["epochs=2", "seeds=[1,2]", "penalties=[0.01]", "d=16", "L=2", "batch_size=64", "synthetic.n_train=512",
-        "synthetic.n_test=256", "diagnostics.n_samples=256", "diagnostics.rho_samples=64",
+TINY = ["epochs=2", "seeds=[1,2]", "penalties=[0.01]", "d=8", "L=2", "batch_size=64", "synthetic.n_train=256",
+        "synthetic.n_test=128", "diagnostics.n_samples=128", "diagnostics.rho_samples=32",
         "diagnostics.rho_directions=4", "diagnostics.null_draws=4", "device=cpu"]
 
 
