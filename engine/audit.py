@@ -231,6 +231,20 @@ class AuditRunner:
                 self._done.add(s.run_id)
         return specs
 
+    def preflight(self) -> None:
+        """Fail before any thread starts, with nothing written: the data must load and
+        every checkpoint a pending run will resume from must be readable."""
+        from .trainer import load_checkpoint
+
+        _ = self.task
+        with self._cond:
+            pending = list(self._pending)
+        for spec in pending:
+            ckpt = self.audit.run_dir(spec.run_id) / "checkpoint.pt"
+            if ckpt.exists() and load_checkpoint(ckpt).get("run_id") != spec.run_id:
+                raise StoreError(f"checkpoint {ckpt} belongs to another run, not {spec.run_id!r}",
+                                 "move the foreign checkpoint away (the run then restarts from scratch)")
+
     def stop(self) -> None:
         self.stop_event.set()
         with self._cond:
@@ -279,6 +293,7 @@ class AuditRunner:
         """
         self._keep_alive = keep_alive
         with AuditLock(self.audit.path):
+            self.preflight()
             threads = [threading.Thread(target=self._worker, name=f"faeval-worker-{i}", daemon=True)
                        for i in range(self.workers)]
             for t in threads:

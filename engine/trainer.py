@@ -148,9 +148,25 @@ def _nonfinite(rec: dict[str, Any]) -> list[str]:
     return bad
 
 
+def _guarded(listener: Listener) -> Listener:
+    """A listener that cannot kill training: a display bug is reported once, the run goes on."""
+    failed = []
+
+    def call(event) -> None:
+        try:
+            listener(event)
+        except Exception:  # noqa: BLE001 - the records on disk stay the source of truth
+            if not failed:
+                failed.append(True)
+                traceback.print_exc()
+
+    return call
+
+
 def train_run(audit: "Audit", spec: "RunSpec", task: TaskData, device: torch.device, listener: Listener,
               stop: threading.Event) -> str:
     """Train ``spec`` to the end (or resume it); returns its final status."""
+    listener = _guarded(listener)
     cfg = audit.cfg
     run_dir = audit.run_dir(spec.run_id)
     run_dir.mkdir(exist_ok=True)

@@ -62,15 +62,18 @@ def run(preset: PresetOpt = None, set_: SetOpt = None, runs_dir: RunsDirOpt = Pa
     """Run an audit headless with a progress display; prints the audit directory."""
     global _debug
     _debug = _debug or debug
-    from engine.audit import Audit
+    from engine.audit import Audit, resolve_device
     from engine.config import load_config
+    from engine.data import load_task
 
     from .headless import run_headless
 
     try:
         cfg = load_config(preset, _sets(set_, device))
+        # device and data are checked before the audit directory exists: a refusal leaves nothing behind
+        task = load_task(cfg).to(resolve_device(cfg.device))
         audit = Audit.create(cfg, runs_dir)
-        statuses = run_headless(audit)
+        statuses = run_headless(audit, task)
     except FaevalError as err:
         fail(err)
     typer.echo(str(audit.path))

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine.audit import Audit, AuditRunner
+from engine.data import TaskData
 from engine.events import BatchProgress, EpochDone, Event, RunEnded, RunStarted
 from engine.verdicts import verdict
 
@@ -21,7 +22,7 @@ def _line(run_id: str, rec: dict[str, Any]) -> str:
             f"g_L {rec['g_L']:.2e}  stab {rec['stability']:+.2f}  Γ {rec['gamma']:+.3f}  fired {fired}")
 
 
-def run_headless(audit: Audit) -> dict[str, str]:
+def run_headless(audit: Audit, task: TaskData | None = None) -> dict[str, str]:
     console = Console(stderr=True)
     tty = console.is_terminal
     lock = threading.Lock()
@@ -63,7 +64,7 @@ def run_headless(audit: Audit) -> dict[str, str]:
             elif isinstance(event, BatchProgress) and progress is not None:
                 progress.update(tasks[event.run_id], completed=event.epoch - 1 + event.batch / event.batches)
 
-    runner = AuditRunner(audit, listener)
+    runner = AuditRunner(audit, listener, task=task)
     runner.submit_unfinished()
     # Ctrl-C or a closed terminal stops the runs at their next batch; their checkpoints stay
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
