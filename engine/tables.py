@@ -244,8 +244,29 @@ def _final(runs: list[RunView], get: Callable[[dict[str, Any]], Any]) -> Stat:
     return Stat.of(get(r.final) for r in runs if r.final)
 
 
-def _degenerate(runs: list[RunView]) -> int:
-    return sum(bool(r.final and r.final.get("degenerate")) for r in runs)
+@dataclass
+class Footnotes:
+    """What a table's † and ‡ markers flag, counted while its rows are built, for one note each."""
+
+    what: str  # the ρ field named in the ‡ note
+    runs: int = 0
+    degenerate: int = 0
+    stale: list[str] = field(default_factory=list)
+
+    def group(self, live: list[RunView], key: str) -> tuple[bool, list[tuple[Any, bool]]]:
+        """(any run degenerate?, each run's latest ``key`` with its is-older flag)."""
+        k = sum(bool(r.final.get("degenerate")) for r in live)
+        self.runs, self.degenerate = self.runs + len(live), self.degenerate + k
+        latest = [r.latest(key) for r in live]
+        self.stale += [r.log.run_id for r, (_, old) in zip(live, latest) if old]
+        return k > 0, latest
+
+    def notes(self, cfg: AuditConfig) -> list[str]:
+        out = [DEGENERATE_NOTE.format(k=self.degenerate, n=self.runs)] if self.degenerate else []
+        if self.stale:
+            out.append(f"{STALE} {self.what} of {', '.join(self.stale)} is from an earlier epoch (ρ is measured "
+                       f"every {cfg.diagnostics.rho_every} epochs).")
+        return out
 
 
 # ---- the tables --------------------------------------------------------------------
@@ -255,13 +276,11 @@ def audit_table(runs: "Audit | Sequence[RunLike]", cfg: AuditConfig | None = Non
     cfg = cfg or config_of(runs)
     headers = ["method", "λ", "n", "status", "acc %", "gap pp", "Γ", "deep cos", "deep ρ", "‖h_L‖", "‖g_L‖",
                "max growth", "stability", "verdict", "first fire (epoch, per seed)"]
-    rows, data, stale, degen_runs, n_runs = [], [], [], 0, 0
+    rows, data, foot = [], [], Footnotes("deep ρ")
     for method, lam, group in groups(views(runs, cfg), cfg):
         live = [r for r in group if r.final]
-        n, k_deg = len(live), _degenerate(live)
-        degen_runs, n_runs = degen_runs + k_deg, n_runs + n
-        rho = [r.latest("deep_rho") for r in live]
-        stale += [r.log.run_id for r, (_, old) in zip(live, rho) if old]
+        n = len(live)
+        degen, rho = foot.group(live, "deep_rho")
         stats = {
             "acc": _final(live, lambda f: f["test_acc"]),
             "gap": _final(live, lambda f: None if f.get("baseline_acc") is None else f["test_acc"] - f["baseline_acc"]),
@@ -275,22 +294,18 @@ def audit_table(runs: "Audit | Sequence[RunLike]", cfg: AuditConfig | None = Non
         }
         submode = submode_cell(live)
         rows.append([method, lam_cell(lam), str(n), group_status(group), stats["acc"].cell(pct, n),
-                     stats["gap"].cell(pp, n), mark(stats["gamma"].cell(num, n), k_deg > 0, DAGGER),
-                     mark(stats["deep_cos"].cell(num, n), k_deg > 0, DAGGER),
-                     mark(mark(stats["deep_rho"].cell(num, n), k_deg > 0, DAGGER), any(o for _, o in rho), STALE),
+                     stats["gap"].cell(pp, n), mark(stats["gamma"].cell(num, n), degen, DAGGER),
+                     mark(stats["deep_cos"].cell(num, n), degen, DAGGER),
+                     mark(mark(stats["deep_rho"].cell(num, n), degen, DAGGER), any(o for _, o in rho), STALE),
                      stats["h_L"].cell(num, n), stats["g_L"].cell(num, n), stats["growth"].cell(num, n),
                      f"{stats['stability'].cell(num, n)} {submode}".strip(), group_verdict(group),
                      first_fire_cell(group)])
         data.append({"method": method, "penalty": lam, "n": n, "runs": [r.log.run_id for r in group],
-                     "seeds": [r.log.seed for r in live], "degenerate": k_deg, "submode": submode,
+                     "seeds": [r.log.seed for r in live], "degenerate": degen, "submode": submode,
                      "verdicts": [r.verdict.to_json() for r in live], **{k: s.to_json() for k, s in stats.items()}})
     notes = ["mean ± std over seeds (ddof = 1); n = seeds with at least one epoch; one seed shows (n=1) "
              "instead of a std; gap = accuracy − frozen baseline of the same seed and epoch."]
-    if degen_runs:
-        notes.append(DEGENERATE_NOTE.format(k=degen_runs, n=n_runs))
-    if stale:
-        notes.append(f"{STALE} deep ρ of {', '.join(stale)} is from an earlier epoch (ρ is measured every "
-                     f"{cfg.diagnostics.rho_every} epochs).")
+    notes += foot.notes(cfg)
     if "frozen" not in cfg.methods:
         notes.append("no frozen baseline in this audit: (d) and the gap cannot be measured.")
     elif any(d["method"] != "frozen" and d["gap"]["n"] < d["n"] for d in data):
@@ -308,28 +323,28 @@ def layer_table(runs: "Audit | Sequence[RunLike]", cfg: AuditConfig | None = Non
     """
     cfg = cfg or config_of(runs)
     vs = views(runs, cfg)
-    blocks = ([(f"{m}", lam, g) for m, lam, g in groups(vs, cfg)] if by == "method"
+    blocks = (groups(vs, cfg) if by == "method"
               else [(r.log.run_id, float(r.log.penalty or 0.0), [r]) for r in vs])
     spread = "over seeds" if by == "method" else "over samples"
     headers = ["method" if by == "method" else "run", "λ", "layer", "n", f"cos_l ± std ({spread})", "null band",
                "z vs null", "ρ_l", "‖h_l‖", "‖g_l‖", "‖a_l‖"]
-    rows, data, degen, n_runs, stale = [], [], 0, 0, False
+    rows, data, foot = [], [], Footnotes("ρ_l")
     for name, lam, group in blocks:
         live = [r for r in group if r.final]
         if not live:
             continue
-        n, k_deg = len(live), _degenerate(live)
-        degen, n_runs = degen + k_deg, n_runs + n
-        rho = [r.latest("rho") for r in live]
+        n = len(live)
+        degen, rho = foot.group(live, "rho")
         null_m, null_s = [r.latest("null_mean")[0] for r in live], [r.latest("null_std")[0] for r in live]
-        stale = stale or any(o for _, o in rho)
-        # one run per block: n is always 1, so plain values read better than "(n=1)" everywhere
+        # by run, n is always 1: plain values read better than "(n=1)" in every cell
         cell = (lambda st: st.cell(num, n)) if by == "method" else (lambda st: num(st.mean))
         for l in range(len(live[0].final["h_norm"])):
             cos_vals = _at([r.final["cos"] for r in live], l)
             cos = Stat.of(cos_vals)
-            # one run: the spread worth showing is over samples, which the record keeps
-            cos_cell = cell(cos) if by == "method" else f"{num(cos.mean)} ± {num(_at([live[0].final.get('cos_std')], l)[0])}"
+            if by == "method":
+                cos_cell = cell(cos)
+            else:  # one run: the spread worth showing is over samples, which the record keeps
+                cos_cell = f"{num(cos.mean)} ± {num(_at([live[0].final.get('cos_std')], l)[0])}"
             nm, ns = Stat.of(_at(null_m, l)), Stat.of(_at(null_s, l))
             z = Stat.of(_z(c, m, s) for c, m, s in zip(cos_vals, _at(null_m, l), _at(null_s, l)))
             z_cell = DASH if z.n == 0 else num(z.mean) + (" (noise)" if abs(z.mean) <= 2 else "")
@@ -338,17 +353,15 @@ def layer_table(runs: "Audit | Sequence[RunLike]", cfg: AuditConfig | None = Non
                      "h": Stat.of(_at([r.final["h_norm"] for r in live], l)),
                      "g": Stat.of(_at([r.final["g_norm"] for r in live], l)),
                      "a": Stat.of(_at([r.final["a_norm"] for r in live], l))}
-            rows.append([name, lam_cell(lam), str(l), str(n), mark(cos_cell, k_deg > 0, DAGGER),
+            rows.append([name, lam_cell(lam), str(l), str(n), mark(cos_cell, degen, DAGGER),
                          DASH if nm.n == 0 else f"{num(nm.mean)} ± {num(ns.mean)}", z_cell,
-                         mark(mark(cell(rho_l), k_deg > 0, DAGGER), any(o for _, o in rho), STALE),
+                         mark(mark(cell(rho_l), degen, DAGGER), any(o for _, o in rho), STALE),
                          cell(stats["h"]), cell(stats["g"]), cell(stats["a"])])
-            data.append({"name": name, "penalty": lam, "layer": l, "n": n, **{k: s.to_json() for k, s in stats.items()}})
-    notes = ["null band: cos_l under 20 fresh random feedback draws (fa, dfa); z vs null = (cos_l − null mean) "
-             "/ null std, and |z| ≤ 2 is marked (noise): the training feedback does no better than a random one."]
-    if degen:
-        notes.append(DEGENERATE_NOTE.format(k=degen, n=n_runs))
-    if stale:
-        notes.append(f"{STALE} ρ_l from an earlier epoch (ρ is measured every {cfg.diagnostics.rho_every} epochs).")
+            data.append({"name": name, "penalty": lam, "layer": l, "n": n,
+                         **{k: s.to_json() for k, s in stats.items()}})
+    notes = [f"null band: cos_l under {cfg.diagnostics.null_draws} fresh random feedback draws (fa, dfa); z vs "
+             "null = (cos_l − null mean) / null std, and |z| ≤ 2 is marked (noise): the training feedback does no "
+             "better than a random one."] + foot.notes(cfg)
     return Table("layers", "Per layer" + (" (by run)" if by == "run" else ""), headers, rows, notes, data)
 
 
@@ -369,25 +382,23 @@ def penalty_table(runs: "Audit | Sequence[RunLike]", cfg: AuditConfig | None = N
     all_groups = groups(views(runs, cfg), cfg)
     swept = {m for m, lam, _ in all_groups if lam}
     headers = ["method", "λ", "n", "acc %", "‖h_L‖", "‖g_L‖", "deep cos", "deep ρ", "verdict"]
-    rows, data, degen, n_runs = [], [], 0, 0
+    rows, data, foot = [], [], Footnotes("deep ρ")
     for method, lam, group in all_groups:
         live = [r for r in group if r.final]
         if method not in swept or not live:
             continue
-        n, k_deg = len(live), _degenerate(live)
-        degen, n_runs = degen + k_deg, n_runs + n
+        n = len(live)
+        degen, rho = foot.group(live, "deep_rho")
         stats = {"acc": _final(live, lambda f: f["test_acc"]), "h_L": _final(live, lambda f: f["h_norm"][-1]),
                  "g_L": _final(live, lambda f: f.get("g_L")), "deep_cos": _final(live, lambda f: f.get("deep_cos")),
-                 "deep_rho": Stat.of(r.latest("deep_rho")[0] for r in live)}
+                 "deep_rho": Stat.of(v for v, _ in rho)}
         rows.append([method, lam_cell(lam), str(n), stats["acc"].cell(pct, n), stats["h_L"].cell(num, n),
-                     stats["g_L"].cell(num, n), mark(stats["deep_cos"].cell(num, n), k_deg > 0, DAGGER),
-                     mark(stats["deep_rho"].cell(num, n), k_deg > 0, DAGGER), group_verdict(group)])
+                     stats["g_L"].cell(num, n), mark(stats["deep_cos"].cell(num, n), degen, DAGGER),
+                     mark(mark(stats["deep_rho"].cell(num, n), degen, DAGGER), any(o for _, o in rho), STALE),
+                     group_verdict(group)])
         data.append({"method": method, "penalty": lam, "n": n, **{k: s.to_json() for k, s in stats.items()}})
-    notes = ["λ · Σ_l mean_n ‖f_l‖² added to the block objectives; λ = 0 is the unpenalised run."]
-    if degen:
-        notes.append(DEGENERATE_NOTE.format(k=degen, n=n_runs))
-    if not rows:
-        notes = ["no penalty reruns in this audit."]
+    notes = (["λ · Σ_l mean_n ‖f_l‖² added to the block objectives; λ = 0 is the unpenalised run.",
+              *foot.notes(cfg)] if rows else ["no penalty reruns in this audit."])
     return Table("penalty", "Penalty sweep", headers, rows, notes, data)
 
 
@@ -442,9 +453,10 @@ def sensitivity_row(runs: list[RunView], key: str, th: Thresholds) -> dict[str, 
     ``th`` (the verdict walks it back via that diagnostic), *healthy* otherwise. The
     healthy edge is the healthy value closest to firing (largest growth for (a),
     smallest ‖g_L‖ for (b)), the degenerate edge the firing value closest to health.
-    Thresholds strictly between them (closed on the healthy side) fire on exactly the
-    same runs, so every verdict stays; the gap ratio is how far apart the edges are
-    (> 1 means the runs separate). A NaN value fires at every threshold and is
+    Thresholds between them (closed on the healthy side) fire on exactly the same
+    runs, so every verdict stays. Since both sets come from one threshold, they always
+    separate around it; what matters is the gap ratio (upper / lower edge): near 1 the
+    verdicts hang on the exact threshold. A NaN value fires at every threshold and is
     counted apart.
     """
     diag = DIAGNOSTICS[key]
@@ -458,14 +470,13 @@ def sensitivity_row(runs: list[RunView], key: str, th: Thresholds) -> dict[str, 
     h_edge = (max if above else min)(healthy) if healthy else None
     d_edge = (min if above else max)(degen) if degen else None
     lo, hi = (h_edge, d_edge) if above else (d_edge, h_edge)
-    separated = lo is None or hi is None or lo < hi
     ratio = None
     if lo is not None and hi is not None:
         ratio = hi / lo if lo > 0 else math.inf
     return {"diagnostic": key, "field": diag.field, "threshold": getattr(th, diag.threshold_key),
             "healthy": [rid for rid in vals if not fires[rid]], "degenerate": [rid for rid in vals if fires[rid]],
             "nan_runs": nan, "healthy_edge": h_edge, "degenerate_edge": d_edge, "interval": [lo, hi],
-            "separated": separated, "gap_ratio": ratio}
+            "gap_ratio": ratio}
 
 
 def _reading(row: dict[str, Any]) -> str:
@@ -482,10 +493,10 @@ def _reading(row: dict[str, Any]) -> str:
     elif h is None:
         bound = f"< {num(d)}" if key == "a" else f"> {num(d)}"
         text = f"every run fired ({key}); any {side} {bound} keeps the verdicts"
-    elif not row["separated"]:
-        text = f"the runs do not separate: healthy {num(h)} vs degenerate {num(d)}; no single {side} keeps the verdicts"
     else:
         text = f"separated by a factor {num(row['gap_ratio'])}"
+        if row["gap_ratio"] < 2:  # the verdicts hang on the exact threshold
+            text += f": barely; moving the {side} by less than ×2 changes a verdict"
     if row["nan_runs"]:
         text += f"; {len(row['nan_runs'])} run(s) with a NaN value fire at any {side}"
     return text
@@ -509,7 +520,7 @@ def sensitivity_table(runs: "Audit | Sequence[RunLike]", cfg: AuditConfig | None
         row = sensitivity_row(vs, key, cfg.thresholds)
         diag = DIAGNOSTICS[key]
         rule = f"{diag.field} {'>' if key == 'a' else '<'} {num(row['threshold'])}"
-        ok = row["separated"] and (row["healthy"] or row["degenerate"])
+        ok = bool(row["healthy"] or row["degenerate"])
         rows.append([f"({key}) {diag.name}", rule, str(len(row["healthy"])), str(len(row["degenerate"])),
                      num(row["healthy_edge"]), num(row["degenerate_edge"]), _interval(row) if ok else DASH,
                      num(row["gap_ratio"]), _reading(row)])

@@ -325,3 +325,12 @@ def test_in_memory_logs_work_and_unended_ones_read_as_running(main_audit, tmp_pa
     assert sum("running, epoch 4/4" in r[3] for r in t.rows) == 1
     assert [r[:2] for r in t.rows] == [r[:2] for r in audit_table(main_audit).rows]
     assert views(logs, main_audit.cfg)[0].status == "running"
+
+
+
+def test_sensitivity_flags_a_narrow_gap(main_audit):
+    tight = main_cfg()
+    tight.thresholds.growth = 1.9  # fa-lam's 2.0 fires now, dfa's 1.8 does not: the edges are 1.8 and 2.0
+    a = row(sensitivity_table(main_audit, tight), "(a) scale stability")
+    assert (a["healthy edge"], a["degenerate edge"], a["degenerate runs"]) == ("1.80", "2.00", "4")
+    assert a["reading"] == "separated by a factor 1.11: barely; moving the threshold by less than ×2 changes a verdict"
