@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from engine import Audit, AuditRunner, load_config
 from engine.diagnostics import make_probe
-from engine.methods import get_method
 from engine.trainer import RunParts, load_checkpoint
 from engine.data import load_task
 from faeval_tui.cli import app
