@@ -40,8 +40,9 @@ class RunParts:
             self.model, task.n_classes, torch.Generator().manual_seed(derive_seed(spec.seed, "feedback")))
         self.steps_per_epoch = math.ceil(task.x_train.shape[0] / cfg.batch_size)
         total = cfg.epochs * self.steps_per_epoch
+        # fused: one kernel for every parameter (the per-tensor loop cost ~40% of a CPU step)
         self.optimizer = torch.optim.AdamW(self.method.trainable_parameters(self.model), lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay)
+                                           weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
         cosine = cfg.schedule == "cosine"
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, (lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))) if cosine
