@@ -304,7 +304,9 @@ def audit_table(runs: "Audit | Sequence[RunLike]", cfg: AuditConfig | None = Non
                      "seeds": [r.log.seed for r in live], "degenerate": degen, "submode": submode,
                      "verdicts": [r.verdict.to_json() for r in live], **{k: s.to_json() for k, s in stats.items()}})
     notes = ["mean ± std over seeds (ddof = 1); n = seeds with at least one epoch; one seed shows (n=1) "
-             "instead of a std; gap = accuracy − frozen baseline of the same seed and epoch."]
+             "instead of a std; gap = accuracy − frozen baseline of the same seed and epoch.",
+             "first fire lists every walk-back diagnostic that has ever fired; the verdict reads the latest "
+             "epoch only, so a run that recovered is TRUSTWORTHY with a first fire."]
     notes += foot.notes(cfg)
     if "frozen" not in cfg.methods:
         notes.append("no frozen baseline in this audit: (d) and the gap cannot be measured.")
