@@ -212,10 +212,15 @@ def group_status(runs: list[RunView]) -> str:
 
 
 def submode_cell(runs: list[RunView]) -> str:
-    """(c)'s label over seeds: "drift", "noise" or "drift 1/3"."""
+    """(c)'s label over seeds: "drift", "noise", "unknown" (NaN stability) or "drift 1/3"."""
     live = [r for r in runs if r.final]
+    if not live:
+        return ""
+    modes = {r.verdict.submode for r in live}
+    if len(modes) == 1:
+        return modes.pop()  # drift, noise, or unknown (stability was NaN)
     drift = sum(r.verdict.submode == "drift" for r in live)
-    return "" if not live else "drift" if drift == len(live) else "noise" if not drift else f"drift {drift}/{len(live)}"
+    return f"drift {drift}/{len(live)}"
 
 
 def group_verdict(runs: list[RunView]) -> str:

@@ -22,6 +22,7 @@ class Diagnostic:
     comparison: str  # "above" or "below": the side on which it fires
     threshold_key: str
     meaning: str
+    nan_fires: bool = True  # a NaN can never certify health; for the (c) label it is just unknown
 
     def threshold(self, th: Thresholds, record: dict[str, Any] | None = None) -> float | None:
         if self.id == "d":
@@ -35,7 +36,7 @@ class Diagnostic:
         if value is None or limit is None:
             return False
         if math.isnan(value):
-            return True  # a NaN measurement can never certify health
+            return self.nan_fires
         return value > limit if self.comparison == "above" else value < limit
 
 
@@ -48,7 +49,8 @@ DIAGNOSTICS: dict[str, Diagnostic] = {
                     "the BP reference gradient is at the numerical floor: every cosine from this epoch on is "
                     "measured against noise and is degenerate, not evidence of alignment"),
     "c": Diagnostic("c", "cross-batch stability", "stability", "above", "stability",
-                    "the reference gradient points the same way across batches (drift), not noise"),
+                    "the reference gradient points the same way across batches (drift), not noise",
+                    nan_fires=False),
     "d": Diagnostic("d", "depth utility", "test_acc", "below", "depth_margin",
                     "the trained blocks do no better than blocks frozen at initialisation: the accuracy comes "
                     "from the embedding and head, not from the method training depth"),
@@ -65,7 +67,9 @@ def evaluate(record: dict[str, Any], th: Thresholds) -> dict[str, Any]:
     out = dict(record)
     out["fired"] = fired(record, th)
     out["degenerate"] = "b" in out["fired"]
-    out["stability_mode"] = "drift" if "c" in out["fired"] else "noise"
+    stab = record.get("stability")
+    out["stability_mode"] = ("drift" if "c" in out["fired"] else
+                             "unknown" if stab is None or math.isnan(stab) else "noise")
     return out
 
 
