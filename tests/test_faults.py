@@ -275,3 +275,20 @@ def test_missing_cifar_without_download_says_where_to_put_it(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     res = cli.invoke(app, ["run", "--debug", "--runs-dir", str(tmp_path), "--set", "epochs=0"])
     assert res.exit_code != 0 and res.exception is not None
+
+
+def test_ctrl_c_stops_runs_keeps_checkpoints_and_says_how_to_resume(tmp_path):
+    sets = ["epochs=50", "d=16", "synthetic.n_train=4096", "synthetic.n_test=1024", "diagnostics.rho_directions=2",
+            "seeds=[3]", "methods=[bp]"]
+    proc = _cli("run", "--runs-dir", str(tmp_path), *sum((["--set", s] for s in sets), []))
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("*/bp-s3/checkpoint.pt")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "faeval-tui resume" in err
+    audit = Audit.open(next(tmp_path.iterdir()))
+    log = audit.log("bp-s3")
+    assert log.end["status"] == "stopped" and 1 <= len(log.epochs) < 50
+    assert (audit.path / "bp-s3" / "checkpoint.pt").exists() and not audit.is_live()
