@@ -96,7 +96,7 @@ class FaevalApp(App[None]):
         log = AlertLog(id="alerts", wrap=True, markup=False)
         log.border_title = "walk-back alerts"
         yield log
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one(RunTable).focus()
@@ -202,6 +202,16 @@ class FaevalApp(App[None]):
         self.selected = rid
 
     # ---- actions -----------------------------------------------------------------
+    MAIN_ONLY = ("inspect", "rerun", "verdicts", "next_chart", "toggle_grid")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Main-screen keys are hidden while another screen is up (the inspector has its own)."""
+        if action in self.MAIN_ONLY and len(self.screen_stack) > 1:
+            return False
+        if action == "rerun" and self.live_feed is None:
+            return None  # shown greyed: watch is read-only
+        return True
+
     def action_inspect(self) -> None:
         if self.selected is None:
             self.notify("no run selected", severity="warning")
@@ -291,6 +301,11 @@ class FaevalApp(App[None]):
         self.notify(msg, title="penalty reruns", timeout=6)
         self.flush()
         return started
+
+    def on_unmount(self) -> None:
+        # however the app ends (quit, ctrl+c, a test leaving run_test), training stops with it
+        if self.live_feed is not None:
+            self.live_feed.stop()
 
     async def action_quit(self) -> None:
         active = self.state.active() if self.live_feed is not None and self.state.live else []

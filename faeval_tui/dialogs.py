@@ -53,7 +53,7 @@ class HelpScreen(ModalScreen[None]):
                 table.add_row(keys, desc)
         with VerticalScroll(id="dialog"):
             yield Label("faeval-tui keys  (esc closes)", classes="title")
-            yield Static(table)
+            yield Static(table, id="keys")
 
 
 class QuitDialog(ModalScreen[bool]):

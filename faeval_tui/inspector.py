@@ -162,7 +162,7 @@ class InspectorScreen(Screen):
             with Horizontal(id="layer-tables"):
                 yield Static(id="scale")
                 yield Static(id="alignment")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.refresh_data()

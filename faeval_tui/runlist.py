@@ -74,7 +74,7 @@ class RunTable(DataTable):
         for v in views:
             for (_, col), value in zip(COLUMNS, row(state, v)):
                 if str(self.get_cell(v.run_id, col)) != str(value):
-                    self.update_cell(v.run_id, col, value)
+                    self.update_cell(v.run_id, col, value, update_width=True)
 
 
 class AlertLog(RichLog):

@@ -38,7 +38,7 @@ class VerdictScreen(Screen):
                 yield Label(t.title, classes="table-title")
                 yield DataTable(id=f"table-{t.key}", cursor_type="row", show_cursor=False, zebra_stripes=True)
                 yield Static(id=f"notes-{t.key}", classes="notes")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.refresh_data()

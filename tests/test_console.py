@@ -1,0 +1,249 @@
+"""Pilot tests: each console flow against the real engine on a tiny preset.
+
+Training runs in the app's threads exactly as for a user; the tests wait on the
+state (with a deadline) and assert on what the screen and the files hold.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Static
+
+from engine.audit import Audit
+from engine.config import load_config
+from engine.runstore import RECORDS, read_run
+from faeval_tui.app import REPORT, FaevalApp
+from faeval_tui.dialogs import ErrorScreen, QuitDialog, RerunDialog, ResumeDialog
+from faeval_tui.inspector import InspectorScreen
+from faeval_tui.runlist import AlertLog, RunTable
+from faeval_tui.verdict_view import VerdictScreen
+
+from tests.test_console_fixtures import TINY, write_fixture_audit
+
+pytestmark = pytest.mark.asyncio
+SIZE = (100, 32)
+
+
+async def until(pilot, cond, timeout: float = 60.0, step: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {cond}")
+        await pilot.pause(step)
+    pilot.app.flush()
+    await pilot.pause()
+
+
+def cell(app: FaevalApp, run_id: str, column: str) -> str:
+    return str(app.query_one(RunTable).get_cell(run_id, column))
+
+
+def finished(app: FaevalApp) -> bool:
+    return bool(app.state.runs) and not app.state.active()
+
+
+async def test_launch_trains_every_run_and_an_alert_walks_a_run_back(tmp_path: Path) -> None:
+    cfg = load_config(None, TINY + ["thresholds.growth=1.0001"])
+    app = FaevalApp(cfg=cfg, runs_dir=tmp_path, bell=True)
+    bells = []
+    app.bell = lambda: bells.append(1)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: finished(app))
+        assert {rid: v.status(app.state.live) for rid, v in app.state.runs.items()} == \
+            {"frozen-s42": "finished", "dfa-s42": "finished"}
+        # (a) fires at epoch 1 for every run: one alert each, from the engine's text
+        first = {a.run_id: a for a in app.state.alerts if a.diagnostic == "a"}
+        assert set(first) == {"frozen-s42", "dfa-s42"} and all(a.epoch == 1 for a in first.values())
+        assert cell(app, "dfa-s42", "verdict").startswith("WALKED BACK via (a)")
+        assert cell(app, "dfa-s42", "epoch") == "2/2"
+        log_text = "\n".join(str(line.text) for line in app.query_one(AlertLog).lines)
+        assert "WALK BACK dfa-s42: (a) scale stability fired at epoch 1" in log_text
+        assert bells, "the bell rings on a walk-back alert"
+        assert any("WALK BACK" in (n.title or "") for n in app._notifications)
+        records = read_run(app.audit.path / "dfa-s42" / RECORDS)
+        assert [r["epoch"] for r in records.epochs] == [1, 2] and records.end["status"] == "finished"
+        await pilot.press("q")  # nothing active: quits without asking
+        await pilot.pause()
+    assert app.return_code == 0 or app.return_code is None
+
+
+async def test_no_bell_keeps_quiet(tmp_path: Path) -> None:
+    app = FaevalApp(cfg=load_config(None, TINY + ["thresholds.growth=1.0001", "methods=[frozen]"]),
+                    runs_dir=tmp_path, bell=False)
+    bells = []
+    app.bell = lambda: bells.append(1)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: finished(app) and app.state.alerts)
+        assert bells == []
+
+
+async def test_rerun_export_and_verdicts_on_a_trained_audit(tmp_path: Path) -> None:
+    app = FaevalApp(cfg=load_config(None, TINY), runs_dir=tmp_path, bell=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: finished(app))
+        app.select_run("dfa-s42")
+        await pilot.press("p")
+        await pilot.pause()
+        assert isinstance(app.screen, RerunDialog)
+        await pilot.click("#typed")
+        await pilot.press(*"0.05")
+        await pilot.press("ctrl+s")  # λ = 1e-3 (preselected) and the typed 0.05, seed 42
+        await pilot.pause()
+        assert set(app.state.runs) >= {"dfa-lam0.001-s42", "dfa-lam0.05-s42"}
+        await until(pilot, lambda: finished(app))
+        order = [v.run_id for v in app.state.ordered()]
+        assert order.index("dfa-lam0.001-s42") == order.index("dfa-s42") + 1  # listed under its parent
+        assert cell(app, "dfa-lam0.001-s42", "method") == "  ↳ dfa"
+        header = read_run(app.audit.path / "dfa-lam0.05-s42" / RECORDS).header
+        assert (header["parent"], header["penalty"]) == ("dfa-s42", 0.05)
+        # reruns join the charts
+        chart = app.query_one("#chart-acc")
+        assert "dfa-lam0.05-s42" in [s.label for s in chart.series]
+
+        await pilot.press("v")
+        await pilot.pause()
+        assert isinstance(app.screen, VerdictScreen)
+        sweep = app.screen.query_one("#table-penalty", DataTable)
+        assert [str(sweep.get_row_at(i)[1]) for i in range(sweep.row_count)] == ["0", "0.001", "0.05"]
+        await pilot.press("e")  # export from the verdict view
+        await pilot.pause()
+        report = app.audit.path / REPORT
+        assert report.is_file() and "0.05" in report.read_text()
+        assert app.clipboard == report.read_text()
+        assert any(str(report) in str(n.message) for n in app._notifications)
+
+
+async def test_inspector_marks_degenerate_values_and_steps_epochs(tmp_path: Path) -> None:
+    app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        app.select_run("dfa-s42")
+        await pilot.press("i")
+        await pilot.pause()
+        assert isinstance(app.screen, InspectorScreen)
+        text = lambda wid: _plain(app.screen.query_one(wid, Static)).strip()  # noqa: E731
+        assert "epoch 5/5" in text("#summary") and "DEGENERATE" in text("#banner")
+        await pilot.press("home")
+        assert "epoch 1/5" in text("#summary") and text("#banner") == ""
+        await pilot.press("right", "right", "right")
+        assert "epoch 4/5" in text("#summary")
+        assert "n/m" in _plain(app.screen.query_one("#alignment", Static))  # ρ not measured that epoch
+        await pilot.press("right_square_bracket")  # next run: the penalty rerun
+        assert app.screen.run_id == "dfa-lam0.01-s42" and app.selected == "dfa-lam0.01-s42"
+
+
+def _plain(widget: Static) -> str:
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=open(os.devnull, "w"))
+    console.print(widget.content)
+    return console.export_text()
+
+
+async def test_unplottable_values_are_marked_not_dropped(tmp_path: Path) -> None:
+    app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.flush()
+        await pilot.pause()
+        g_chart, h_chart = app.query_one("#chart-g_L"), app.query_one("#chart-h_L")
+        assert ("dfa-s42", 5, 0.0) in [(s.label, x, v) for s in g_chart.series for x, v in s.points]
+        rendered = g_chart.plt.build()
+        assert "dfa-s42 e5 = 0" in rendered and "▼" in rendered
+        assert "fa-s42 e3 = NaN" in h_chart.plt.build()
+        assert "(b) floor 1e-07" in rendered  # the declared threshold, drawn
+
+
+async def test_watch_follows_an_audit_another_process_trains(tmp_path: Path) -> None:
+    runs_dir = tmp_path / "runs"
+    exe = Path(sys.executable).parent / "faeval-tui"
+    sets = [a for s in TINY + ["thresholds.growth=1.0001"] for a in ("--set", s)]
+    proc = subprocess.Popen([str(exe), "run", "--runs-dir", str(runs_dir), *sets], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (runs_dir.is_dir() and any(runs_dir.glob("*/config.yaml"))):
+            assert time.monotonic() < deadline and proc.poll() is None
+            await asyncio.sleep(0.1)
+        audit_dir = next(runs_dir.glob("*/config.yaml")).parent
+        app = FaevalApp(watch=Audit.open(audit_dir), bell=False, poll_s=0.3)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.state.live or proc.poll() is not None, timeout=60)
+            await until(pilot, lambda: proc.poll() is not None and not app.state.live
+                        and all(v.log.end for v in app.state.runs.values()), timeout=90)
+            app.flush()
+            assert set(app.state.runs) == {"frozen-s42", "dfa-s42"}
+            for rid, view in app.state.runs.items():
+                on_disk = read_run(audit_dir / rid / RECORDS)
+                assert [e["epoch"] for e in view.log.epochs] == [e["epoch"] for e in on_disk.epochs] == [1, 2]
+                assert cell(app, rid, "status") == "finished"
+            assert cell(app, "dfa-s42", "verdict").startswith("WALKED BACK")
+            assert {(a.run_id, a.diagnostic) for a in app.state.alerts} >= {("dfa-s42", "a"), ("frozen-s42", "a")}
+            await pilot.press("p")  # read-only: no rerun dialog
+            await pilot.pause()
+            assert not isinstance(app.screen, RerunDialog)
+    finally:
+        proc.kill() if proc.poll() is None else None
+        proc.wait()
+    assert proc.returncode == 0
+
+
+async def test_quit_asks_stops_runs_and_a_later_launch_resumes_them(tmp_path: Path) -> None:
+    cfg = load_config(None, TINY + ["epochs=1000", "synthetic.n_train=4096", "methods=[frozen]"])
+    app = FaevalApp(cfg=cfg, runs_dir=tmp_path, bell=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.state.runs["frozen-s42"].last_epoch >= 1)
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, QuitDialog)
+        await pilot.press("n")  # cancel: still training
+        await pilot.pause()
+        assert not isinstance(app.screen, QuitDialog) and app.state.live
+        await pilot.press("q", "y")
+        await until(pilot, lambda: app.training.is_finished, timeout=30)
+    audit_dir = app.audit.path
+    stopped = read_run(audit_dir / "frozen-s42" / RECORDS)
+    assert stopped.end["status"] == "stopped" and (audit_dir / "frozen-s42" / "checkpoint.pt").is_file()
+    kept = stopped.epochs[-1]["epoch"]
+
+    again = FaevalApp(cfg=cfg, runs_dir=tmp_path, bell=False)
+    async with again.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert isinstance(again.screen, ResumeDialog)
+        assert again.screen.candidates[0][0].path == audit_dir
+        await pilot.press("enter")  # the first option: resume that audit
+        await until(pilot, lambda: again.state.runs["frozen-s42"].last_epoch > kept)
+        assert again.audit.path == audit_dir and len(list(tmp_path.iterdir())) == 1  # no new audit
+        assert cell(again, "frozen-s42", "status") == "running"
+        await pilot.press("q", "y")
+        await until(pilot, lambda: again.training.is_finished, timeout=30)
+    resumed = [json.loads(line) for line in (audit_dir / "frozen-s42" / RECORDS).read_text().splitlines()]
+    assert any(r["type"] == "resume" and r["epoch"] == kept for r in resumed)
+
+
+async def test_missing_dataset_is_explained_not_a_traceback(tmp_path: Path) -> None:
+    cfg = load_config(None, TINY + ["dataset=cifar10", f"data_dir={tmp_path / 'nodata'}", "download=false"])
+    app = FaevalApp(cfg=cfg, runs_dir=tmp_path / "runs", bell=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ErrorScreen), timeout=30)
+        shown = _plain(app.screen.query_one("#problem", Static)) + _plain(app.screen.query_one("#hint", Static))
+        assert "CIFAR-10 not found" in shown and "cifar-10-python.tar.gz" in shown and "--data-dir" in shown
+        await pilot.press("q")
+        await pilot.pause()
+    assert not app.state.live
+
+
+async def test_help_lists_every_key(tmp_path: Path) -> None:
+    app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        await pilot.pause()
+        text = _plain(app.screen.query_one("#keys", Static))
+        for key, what in [("i", "Inspect"), ("p", "Rerun"), ("v", "Verdicts"), ("e", "Export"), ("q", "Quit"),
+                          ("←", "Epoch"), ("[", "Prev run"), ("ctrl+s", "Start reruns")]:
+            assert any(line.split()[:1] == [key] and what in line for line in text.splitlines()), (key, what)
