@@ -161,8 +161,10 @@ class FaevalApp(App[None]):
 
     def _announce(self, alerts: list[Alert]) -> None:
         for alert in alerts:
-            self.notify(alert.text, title=f"WALK BACK · {alert.run_id} · ({alert.diagnostic})",
-                        severity="error", timeout=12)
+            # the toast says what fired; the alert log keeps the whole text with its meaning
+            headline = alert.text.split(" Walk back:")[0].removeprefix(f"{alert.run_id}: ")
+            self.notify(headline + " (details in the alert log)", title=f"WALK BACK · {alert.run_id}",
+                        severity="error", timeout=8)
         if alerts and self.bell_on:
             self.bell()
 
@@ -310,7 +312,8 @@ class FaevalApp(App[None]):
     async def action_quit(self) -> None:
         active = self.state.active() if self.live_feed is not None and self.state.live else []
         if active:
-            self.push_screen(QuitDialog(len(active)), callback=self._quit_answer)
+            queued = sum(v.status(True) == "queued" for v in active)
+            self.push_screen(QuitDialog(len(active) - queued, queued), callback=self._quit_answer)
         else:
             await self.shutdown()
 

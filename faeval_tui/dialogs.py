@@ -59,13 +59,14 @@ class HelpScreen(ModalScreen[None]):
 class QuitDialog(ModalScreen[bool]):
     BINDINGS = [("y", "answer(True)", "Stop and quit"), ("n,escape", "answer(False)", "Cancel")]
 
-    def __init__(self, active: int) -> None:
+    def __init__(self, training: int, queued: int) -> None:
         super().__init__()
-        self.active = active
+        self.training, self.queued = training, queued
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(f"{self.active} run(s) still active. Stop them and quit?", classes="title")
+            yield Label(f"{self.training} run(s) training, {self.queued} queued. Stop them and quit?",
+                        classes="title")
             yield Static("Each stopped run keeps its last checkpoint; launching again with the same preset "
                          "and --runs-dir offers to resume them.")
             with Horizontal(classes="buttons"):

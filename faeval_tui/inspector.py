@@ -13,6 +13,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
@@ -145,8 +146,9 @@ def degenerate_banner(rec: dict[str, Any]) -> Text:
 class InspectorScreen(Screen):
     """Per-layer values of the selected run; follows the newest epoch until you step back."""
 
-    BINDINGS = [("left", "epoch(-1)", "Epoch −"), ("right", "epoch(1)", "Epoch +"),
-                ("home", "epoch_to(0)", "First"), ("end", "epoch_to(-1)", "Last"),
+    BINDINGS = [("left", "epoch(-1)", "Earlier"), ("right", "epoch(1)", "Later"),
+                Binding("home", "epoch_to(0)", "First epoch", show=False),
+                Binding("end", "epoch_to(-1)", "Last epoch", show=False),
                 ("left_square_bracket", "run(-1)", "Prev run"), ("right_square_bracket", "run(1)", "Next run"),
                 ("escape,i", "app.pop_screen", "Back")]
 
@@ -182,7 +184,9 @@ class InspectorScreen(Screen):
         i = len(epochs) - 1 if self.index is None else max(0, min(self.index, len(epochs) - 1))
         rec = epochs[i]
         self.query_one("#summary", Static).update(summary(view, rec, self.state))
-        self.query_one("#banner", Static).update(degenerate_banner(rec))
+        banner = self.query_one("#banner", Static)
+        banner.update(degenerate_banner(rec))
+        banner.display = bool(rec.get("degenerate"))
         self.query_one("#scale", Static).update(scale_table(rec))
         self.query_one("#alignment", Static).update(alignment_table(rec))
 
