@@ -79,31 +79,38 @@ def stability(g_last: Tensor, n_batches: int) -> float:
 
 
 def perturbation_rho(model: Auditable, probe: Probe, credits: list[Tensor], n_samples: int, directions: int,
-                     eps: float, generator: torch.Generator, chunk_rows: int = 16384) -> list[float]:
+                     eps: float, generator: torch.Generator, chunk_rows: int = 1024) -> list[float]:
     """ρ_l: Pearson correlation over (sample, direction) of the true loss change
     ℓ_n(h_l + δ) − ℓ_n(h_l) against the predicted ⟨a_l[n], δ⟩, δ = ε·‖h_l[n]‖·u,
-    in a float64 copy of the model so a residual stream at 1e8 still resolves."""
+    in a float64 copy of the model so a residual stream at 1e8 still resolves.
+
+    Samples go through in chunks of about ``chunk_rows`` perturbed rows, so each chunk's
+    activations stay in cache. The directions u are drawn in float32 and normalised in
+    float64: uniform on the sphere either way, and δ is exact once drawn (a float64 draw
+    cost a quarter of ρ's time)."""
     model64 = copy.deepcopy(model).double()  # type: ignore[attr-defined]
     model64.eval()
     y = probe.y[:n_samples]
+    per_chunk = max(1, chunk_rows // directions)
     rhos = []
     with torch.no_grad():
         for layer, (h, a) in enumerate(zip(probe.hs, credits)):
             h64 = h[:n_samples].double()
             a64 = a[:n_samples].double()
             base = F.cross_entropy(model64.forward_from(layer, h64), y, reduction="none")
-            u = torch.randn((n_samples, directions, h64.shape[1]), generator=generator, dtype=torch.float64)
-            u = u.to(h64.device)
-            u /= u.norm(dim=2, keepdim=True)
-            delta = eps * h64.norm(dim=1)[:, None, None] * u
-            predicted = (a64[:, None, :] * delta).sum(2).flatten()
-            hp = (h64[:, None, :] + delta).flatten(0, 1)
-            yp = y.repeat_interleave(directions)
-            true = torch.cat([F.cross_entropy(model64.forward_from(layer, hp[i:i + chunk_rows]),
-                                              yp[i:i + chunk_rows], reduction="none")
-                              for i in range(0, hp.shape[0], chunk_rows)])
-            true = true - base.repeat_interleave(directions)
-            rhos.append(pearson(predicted, true))
+            predicted, true = [], []
+            for i in range(0, n_samples, per_chunk):
+                hc, ac, yc = h64[i:i + per_chunk], a64[i:i + per_chunk], y[i:i + per_chunk]
+                u = torch.randn((hc.shape[0], directions, hc.shape[1]), generator=generator)
+                u = u.to(hc.device, torch.float64)
+                u /= u.norm(dim=2, keepdim=True)
+                delta = eps * hc.norm(dim=1)[:, None, None] * u
+                predicted.append(torch.bmm(delta, ac[:, :, None]).flatten())
+                hp = (hc[:, None, :] + delta).flatten(0, 1)
+                loss = F.cross_entropy(model64.forward_from(layer, hp), yc.repeat_interleave(directions),
+                                       reduction="none")
+                true.append(loss - base[i:i + per_chunk].repeat_interleave(directions))
+            rhos.append(pearson(torch.cat(predicted), torch.cat(true)))
     return rhos
 
 
@@ -172,7 +179,9 @@ def measure(model: Auditable, method: Method, x: Tensor, y: Tensor, settings: Di
     t0 = time.perf_counter()
     null = method.null_credits(probe, generator, settings.null_draws) if settings.measure_null else None
     if null is not None:
-        draws = torch.tensor([[per_sample_cos(a, gl)[0].mean().item() for a, gl in zip(draw, g)] for draw in null])
+        g64 = [(gl.double().flatten(1), row_norms(gl)) for gl in g]  # shared by every draw
+        draws = torch.stack([torch.stack([_cos_mean(a, gl, ng) for a, (gl, ng) in zip(draw, g64)])
+                             for draw in null]).cpu()  # one host sync for all draws
         rec["null_mean"] = draws.mean(0).tolist()
         rec["null_std"] = draws.std(0, unbiased=True).tolist()
         t["null"] = time.perf_counter() - t0
@@ -182,6 +191,15 @@ def measure(model: Auditable, method: Method, x: Tensor, y: Tensor, settings: Di
     rec["deep_cos"] = _nanmean(cos[1:])
     rec["deep_rho"] = _nanmean(rec["rho"][1:]) if rec["rho"] is not None else None
     return rec
+
+
+def _cos_mean(a: Tensor, g64: Tensor, ng: Tensor) -> Tensor:
+    """``per_sample_cos(a, g).mean()`` with g's float64 rows and norms given, on the device."""
+    a64 = a.double().flatten(1)
+    na = a64.norm(dim=1)
+    ok = (na > 0) & (ng > 0) & torch.isfinite(na) & torch.isfinite(ng)
+    cos = (a64 * g64).sum(1) / (na * ng)
+    return torch.where(ok, cos, 0.0).sum() / ok.sum()  # NaN when no sample is usable, as mean() of none
 
 
 def _nanmean(values: list[float]) -> float:

@@ -155,5 +155,25 @@ def export(audit_dir: Annotated[Path, typer.Argument(help="Audit directory.")],
         fail(err)
 
 
+@app.command()
+def bench(json_: Annotated[Optional[Path], typer.Option("--json", help="Write every figure to this JSON file.")] = None,
+          markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the tables as markdown.")] = None,
+          quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes: checks the benchmark runs, "
+                                              "measures nothing meaningful.")] = False) -> None:
+    """Measure training speed, diagnostics cost, console lag and peak memory on this machine (issue #5)."""
+    try:
+        import bench as bench_pkg
+    except ImportError:  # bench/ sits beside the packages in the repository, not installed with them
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        import bench as bench_pkg
+
+    result = bench_pkg.run_bench(quick=quick, log=lambda msg: typer.echo(msg, err=True))
+    bench_pkg.print_table(result)
+    if json_ is not None:
+        json_.write_text(json.dumps(result, indent=2) + "\n")
+    if markdown is not None:
+        markdown.write_text(bench_pkg.markdown(result))
+
+
 def main() -> None:
     app()

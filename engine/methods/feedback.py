@@ -6,6 +6,11 @@ detached, all in one backward pass.
 
 Feedback matrices are drawn from the run's seed: a C×d matrix has entries
 N(0, 1/C) and a d×d matrix N(0, 1/d), so ‖e·B‖ ≈ ‖e‖ and a·B keeps the scale of a.
+
+Speed: every credit here is linear in e, so a_l = e·P_l with P_l = ``propagate``
+applied to the C×C identity. The P_l are computed once per set of B's and
+concatenated, so a batch's credits are one (n × C)·(C × (L+1)d) product whatever
+the method (FA's chain of d×d products shrinks to C rows, done once).
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, Probe, block_penalty, output_error
+from .base import Method, Probe, output_error
 
 
 class FeedbackMethod(Method):
@@ -28,6 +33,7 @@ class FeedbackMethod(Method):
         self.d = model.d
         ref = next(model.parameters())
         self.B = [b.to(ref.device, ref.dtype) for b in self.draw(generator)]
+        self._P: tuple[tuple[int, ...], Tensor] | None = None
 
     @abstractmethod
     def shapes(self) -> list[tuple[int, int]]:
@@ -35,30 +41,44 @@ class FeedbackMethod(Method):
 
     @abstractmethod
     def propagate(self, e: Tensor, B: list[Tensor]) -> list[Tensor]:
-        """Credits a_0..a_L from the output error e and feedback matrices B."""
+        """Credits a_0..a_L from the output error e and feedback matrices B (linear in e)."""
 
     def draw(self, generator: torch.Generator) -> list[Tensor]:
         return [torch.randn(shape, generator=generator) / shape[0] ** 0.5 for shape in self.shapes()]
 
+    def effective(self, B: list[Tensor]) -> Tensor:
+        """[P_0 | … | P_L], C × (L+1)d, with a_l = e·P_l: ``propagate`` of the identity."""
+        eye = torch.eye(self.n_classes, device=B[0].device, dtype=B[0].dtype)
+        return torch.cat(self.propagate(eye, B), dim=1)
+
+    def credits_from(self, e: Tensor, P: Tensor) -> list[Tensor]:
+        return list((e @ P).split(P.shape[1] // (self.depth + 1), dim=1))
+
+    def _effective_B(self) -> Tensor:
+        key = tuple(id(b) for b in self.B)  # recomputed when the B's are replaced (load_state_dict)
+        if self._P is None or self._P[0] != key:
+            self._P = (key, self.effective(self.B))
+        return self._P[1]
+
     def credit(self, probe: Probe) -> list[Tensor]:
-        return self.propagate(probe.error, self.B)
+        return self.credits_from(probe.error, self._effective_B())
 
     def null_credits(self, probe: Probe, generator: torch.Generator, draws: int) -> Iterator[list[Tensor]]:
         e = probe.error
         for _ in range(draws):
-            yield self.propagate(e, [b.to(e.device, e.dtype) for b in self.draw(generator)])
+            yield self.credits_from(e, self.effective([b.to(e.device, e.dtype) for b in self.draw(generator)]))
 
     def step(self, model, x, y, penalty):
         hs, fs = model.hidden_states(x, detach_inputs=True)
         logits = model.forward_from(model.depth, hs[-1].detach())
         loss = F.cross_entropy(logits, y)
-        a = self.propagate(output_error(logits, y), self.B)
-        n = x.shape[0]
-        local = (hs[0] * a[0]).sum() + sum((f * a_l).sum() for f, a_l in zip(fs, a[1:]))
-        objective = loss + local / n
-        if penalty:
-            objective = objective + penalty * block_penalty(fs)
-        objective.backward()
+        a = self.credits_from(output_error(logits, y), self._effective_B())
+        # the gradient of (1/n)·Σ⟨f_l, a_l⟩ (+ λ·Σ_l mean_n ‖f_l‖²) with respect to f_l, handed
+        # to autograd directly instead of building the inner products as graph nodes
+        scale = 1.0 / x.shape[0]
+        grads = [a[0] * scale] + [(a_l + (2.0 * penalty) * f.detach()) * scale if penalty else a_l * scale
+                                  for f, a_l in zip(fs, a[1:])]
+        torch.autograd.backward([loss, hs[0], *fs], [None, *grads])
         return loss.detach()
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,184 @@
+"""``faeval-tui bench``: every figure of issue #5 measured in one process on one machine.
+
+Ratios (fa/bp, conventional/ours, diagnostics/epoch) come from measurements taken in
+the same run, interleaved, best of several rounds, so load from elsewhere shifts
+numerator and denominator alike.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import shapes
+from .diagnostics import diag_seconds, shares, shares_by_method
+from .memory import peak_rss
+from .training import Shape, cifar_shaped_task, epoch_times
+from .ui_lag import console_lag
+
+METHODS = ["bp", "fa", "dfa", "frozen"]
+FLAGSHIP = {"seeds": 3, "epochs": 100}
+
+
+@dataclass(frozen=True)
+class Plan:
+    shape: Shape
+    batches: int  # timed per round (of shape.steps), then scaled to the epoch
+    rounds: int
+    diag_rounds: int
+    ui_seconds: float
+    ui_epochs: int
+    mem: dict[str, int]
+
+
+FULL = Plan(Shape(), batches=100, rounds=5, diag_rounds=3, ui_seconds=15.0, ui_epochs=60,
+            mem={"n_train": 50_000, "n_test": 10_000, "batches": 20})
+# one thread: a quick run must not stall on a core another process holds (OpenMP barriers do)
+QUICK = Plan(Shape(n_train=1024, n_test=256, d=64, L=2), batches=3, rounds=1, diag_rounds=0, ui_seconds=1.0,
+             ui_epochs=3, mem={"n_train": 1024, "n_test": 128, "batches": 2, "threads": 1})
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "loadavg": list(os.getloadavg()),
+            "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def run_bench(quick: bool = False, log=print) -> dict[str, Any]:
+    plan = QUICK if quick else FULL
+    threads = torch.get_num_threads()
+    if quick:
+        torch.set_num_threads(1)
+    try:
+        return _run(plan, quick, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(plan: Plan, quick: bool, log) -> dict[str, Any]:
+    s = plan.shape
+    hidden = s.d  # r = 1
+    result: dict[str, Any] = {"quick": quick, "machine": machine(),
+                              "settings": {"shape": s.__dict__, "batches_timed": plan.batches, "rounds": plan.rounds,
+                                           "steps_per_epoch": s.steps}}
+
+    log("(1) matmul rate at the model's shapes")
+    bp_shapes = shapes.step_matmuls("bp", s.batch, s.in_dim, s.n_classes, s.d, s.L, hidden)
+    rate, per_shape = shapes.matmul_rate(bp_shapes, repeats=3 if quick else 9)
+    hot = shapes.flops(bp_shapes) / sum(2 * m * k * n / per_shape["x".join(map(str, (m, k, n)))] for m, k, n in bp_shapes)
+    result.update(matmul_gflops=rate, matmul_gflops_hot_cache=hot, matmul_shapes=per_shape)
+
+    log("(2, 3) epoch times: engine train_epoch per method, and the conventional loop")
+    task = cifar_shaped_task(s)
+    times = epoch_times(s, task, METHODS, plan.batches, plan.rounds)
+    methods = {}
+    for m in METHODS:
+        fl = shapes.flops(shapes.step_matmuls(m, s.batch, s.in_dim, s.n_classes, s.d, s.L, hidden)) * s.steps
+        best = min(times[m])
+        methods[m] = {"epoch_s": best, "epoch_s_median": statistics.median(times[m]), "rounds_s": times[m],
+                      "gflop_per_epoch": fl / 1e9, "gflops": fl / best / 1e9, "frac_of_matmul": fl / best / 1e9 / rate}
+    for m in METHODS:
+        methods[m]["ratio_to_bp"] = methods[m]["epoch_s"] / methods["bp"]["epoch_s"]
+    conv = min(times["conventional"])
+    result.update(methods=methods, conventional={"epoch_s": conv, "rounds_s": times["conventional"]},
+                  conventional_ratio=conv / methods["bp"]["epoch_s"])
+
+    log("(4) diagnostics per epoch (rho every 10 epochs, null band every epoch)")
+    diag = diag_seconds(s, task, METHODS, plan.diag_rounds, n_samples=min(1024, s.n_test))
+    epoch_s = {m: methods[m]["epoch_s"] for m in METHODS}
+    result.update(diag_s=diag, diag_share=shares(diag, epoch_s), diag_share_by_method=shares_by_method(diag, epoch_s))
+    per_epoch = sum(epoch_s[m] + sum(diag[m].values()) for m in METHODS)
+    result["flagship_projection_min"] = per_epoch * FLAGSHIP["seeds"] * FLAGSHIP["epochs"] / 60
+    del task
+
+    log("(5) console event-loop lag while two runs train")
+    result.update(console_lag(plan.ui_seconds, epochs=plan.ui_epochs))
+
+    log("(6) peak resident memory of a CIFAR-100-shaped audit (child process)")
+    result.update(peak_rss(**plan.mem))
+    result["machine"]["loadavg_end"] = list(os.getloadavg())
+    result["goals"] = goals(result)
+    return result
+
+
+def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
+    m = r["methods"]
+    rows = [
+        ("bp share of the matmul rate", m["bp"]["frac_of_matmul"], ">= 0.60", m["bp"]["frac_of_matmul"] >= 0.60),
+        ("fa epoch / bp epoch", m["fa"]["ratio_to_bp"], "<= 1.10", m["fa"]["ratio_to_bp"] <= 1.10),
+        ("dfa epoch / bp epoch", m["dfa"]["ratio_to_bp"], "<= 1.10", m["dfa"]["ratio_to_bp"] <= 1.10),
+        ("conventional / ours (bp)", r["conventional_ratio"], ">= 1.30", r["conventional_ratio"] >= 1.30),
+        ("diagnostics share of the epoch", r["diag_share"]["total"], "<= 0.05", r["diag_share"]["total"] <= 0.05),
+        ("console lag p99 (ms)", r["ui_lag_p99_ms"], "<= 50", r["ui_lag_p99_ms"] <= 50),
+        ("peak RSS (MB)", r["peak_rss_mb"], "<= 1536", r["peak_rss_mb"] <= 1536),
+        ("flagship audit, 12 runs x 100 epochs (min)", r["flagship_projection_min"], "< 60",
+         r["flagship_projection_min"] < 60),
+    ]
+    return [{"goal": g, "measured": v, "target": t, "met": bool(ok)} for g, v, t, ok in rows]
+
+
+def _fmt(v: float) -> str:
+    if not math.isfinite(v):
+        return str(v)
+    return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The tables for docs/bench.md and the README."""
+    mc = r["machine"]
+    lines = [f"Machine: {mc['cpu']}, {mc['cores']} cores, torch {mc['torch']} ({mc['torch_threads']} threads); "
+             f"{mc['date']}; load average {mc['loadavg'][0]:.2f} at start, {mc['loadavg_end'][0]:.2f} at end.",
+             "",
+             f"Dense float32 matmul at the model's shapes: **{r['matmul_gflops']:.0f} GFLOP/s** back to back "
+             f"({r['matmul_gflops_hot_cache']:.0f} GFLOP/s each shape alone, caches hot).",
+             "",
+             "| method | epoch (s) | GFLOP/epoch | GFLOP/s | of matmul rate | epoch / bp | diagnostics / epoch |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, m in r["methods"].items():
+        lines.append(f"| {name} | {m['epoch_s']:.2f} | {m['gflop_per_epoch']:.0f} | {m['gflops']:.0f} | "
+                     f"{100 * m['frac_of_matmul']:.0f}% | {m['ratio_to_bp']:.2f} | "
+                     f"{100 * r['diag_share_by_method'][name]:.1f}% |")
+    lines.append(f"| conventional (bp) | {r['conventional']['epoch_s']:.2f} | | | | "
+                 f"{r['conventional_ratio']:.2f} | |")
+    ds = r["diag_share"]
+    lines += ["", "| diagnostic | share of the epoch |", "|---|---:|"]
+    lines += [f"| {k} | {100 * v:.1f}% |" for k, v in ds.items()]
+    lines += ["", "| goal | target | measured | met |", "|---|---|---:|---|"]
+    lines += [f"| {g['goal']} | {g['target']} | {_fmt(g['measured'])} | {'yes' if g['met'] else '**no**'} |"
+              for g in r["goals"]]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(r: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"faeval-tui bench · {r['machine']['cpu']} · {r['machine']['cores']} cores · "
+                    f"matmul {r['matmul_gflops']:.0f} GFLOP/s")
+    for col in ("method", "epoch s", "GFLOP/s", "of matmul", "÷ bp", "diag share"):
+        t.add_column(col, justify="right" if col != "method" else "left")
+    for name, m in r["methods"].items():
+        t.add_row(name, f"{m['epoch_s']:.2f}", f"{m['gflops']:.0f}", f"{100 * m['frac_of_matmul']:.0f}%",
+                  f"{m['ratio_to_bp']:.2f}", f"{100 * r['diag_share_by_method'][name]:.1f}%")
+    t.add_row("conventional", f"{r['conventional']['epoch_s']:.2f}", "", "", f"{r['conventional_ratio']:.2f}", "")
+    console.print(t)
+    g = Table(title="goals")
+    for col in ("goal", "target", "measured", "met"):
+        g.add_column(col)
+    for row in r["goals"]:
+        g.add_row(row["goal"], row["target"], _fmt(row["measured"]),
+                  "[green]yes[/]" if row["met"] else "[red]no[/]")
+    console.print(g)

@@ -1,0 +1,120 @@
+"""Epoch timings with the engine's own ``train_epoch``, and the conventional loop to compare.
+
+The training set is CIFAR-100-shaped (uint8 rows of 3072, 100 classes, random values:
+timing does not depend on them). A fraction of an epoch is timed and scaled to the
+full epoch (``batches`` of ``steps``); methods are interleaved round by round so a
+burst of load from elsewhere hits them alike, and each method keeps its best round.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from engine.audit import RunSpec
+from engine.config import AuditConfig
+from engine.data import TaskData
+from engine.model import ResMLP
+from engine.trainer import RunParts, train_epoch
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_train: int = 50_000
+    n_test: int = 10_000
+    in_dim: int = 3072
+    n_classes: int = 100
+    d: int = 256
+    L: int = 4
+    batch: int = 128
+
+    @property
+    def steps(self) -> int:
+        return -(-self.n_train // self.batch)
+
+
+def cifar_shaped_task(shape: Shape, seed: int = 0) -> TaskData:
+    """uint8 images normalised per batch by ``prepare``, as the real CIFAR task is."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (shape.n_train + shape.n_test, shape.in_dim), dtype=torch.uint8, generator=gen)
+    y = torch.randint(0, shape.n_classes, (shape.n_train + shape.n_test,), generator=gen)
+    scale = torch.full((shape.in_dim,), 1 / (255 * 0.25))
+    shift = torch.full((shape.in_dim,), -2.0)
+    return TaskData("cifar100-shaped", x[:shape.n_train], y[:shape.n_train], x[shape.n_train:],
+                    y[shape.n_train:], shape.n_classes, scale, shift)
+
+
+def bench_config(shape: Shape, **overrides) -> AuditConfig:
+    return AuditConfig(name="bench", dataset="cifar100", d=shape.d, L=shape.L, batch_size=shape.batch,
+                       epochs=100, **overrides)
+
+
+def run_parts(cfg: AuditConfig, method: str, task: TaskData, seed: int = 42) -> RunParts:
+    return RunParts(cfg, RunSpec(f"{method}-s{seed}", method, seed), task, task.device)
+
+
+def time_batches(parts: RunParts, task: TaskData, batch: int, batches: int) -> float:
+    """Seconds for ``batches`` steps of the engine's ``train_epoch`` (its loop, its one sync)."""
+    full = parts.steps_per_epoch
+    parts.steps_per_epoch = batches  # train_epoch runs steps_per_epoch batches of the shuffled set
+    try:
+        t0 = time.perf_counter()
+        train_epoch(parts, task, batch, 0.0, threading.Event())
+        return time.perf_counter() - t0
+    finally:
+        parts.steps_per_epoch = full
+
+
+class ConventionalLoop:
+    """The same model and recipe written the usual way: a DataLoader over float32 tensors
+    (normalised up front), the default AdamW, a per-batch ``.item()`` for the running loss."""
+
+    def __init__(self, cfg: AuditConfig, task: TaskData, seed: int = 42) -> None:
+        x = task.prepare(task.x_train)  # float32, 4× the uint8 set
+        self.loader = DataLoader(TensorDataset(x, task.y_train), batch_size=cfg.batch_size, shuffle=True,
+                                 generator=torch.Generator().manual_seed(seed))
+        self.model = ResMLP(task.in_dim, task.n_classes, cfg.d, cfg.L, cfg.r, cfg.terminal_ln,
+                            generator=torch.Generator().manual_seed(seed))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=100 * len(self.loader))
+
+    def time_batches(self, batches: int) -> float:
+        self.model.train()
+        running = 0.0
+        t0 = time.perf_counter()
+        for i, (xb, yb) in enumerate(self.loader):
+            if i == batches:
+                break
+            self.opt.zero_grad()
+            loss = F.cross_entropy(self.model(xb), yb)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            running += loss.item()
+        return time.perf_counter() - t0
+
+
+def epoch_times(shape: Shape, task: TaskData, methods: list[str], batches: int, rounds: int,
+                conventional: bool = True) -> dict[str, list[float]]:
+    """Per method (and ``conventional``), the full-epoch seconds extrapolated from each round."""
+    cfg = bench_config(shape)
+    runners = {m: run_parts(cfg, m, task) for m in methods}
+    conv = ConventionalLoop(cfg, task) if conventional else None
+    for parts in runners.values():  # warm-up: first-touch allocations, kernel selection
+        time_batches(parts, task, shape.batch, min(batches, 5))
+    if conv is not None:
+        conv.time_batches(min(batches, 5))
+    scale = shape.steps / batches
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    if conv is not None:
+        times["conventional"] = []
+    for _ in range(rounds):
+        for m, parts in runners.items():
+            times[m].append(time_batches(parts, task, shape.batch, batches) * scale)
+        if conv is not None:
+            times["conventional"].append(conv.time_batches(batches) * scale)
+    return times
