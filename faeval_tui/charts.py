@@ -126,14 +126,7 @@ class MetricChart(PlotextPlot):
         else:
             pad = (hi - lo) * 0.08 or 0.05
             lo, hi = lo - pad, hi + pad
-        for s in sorted(self.series, key=lambda s: s.selected):
-            pts = [(x, self._y(v)) for x, v in s.points if unplottable(v, log) is None]
-            if not pts:
-                continue
-            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            marker = "hd" if s.selected else (s.marker if self.no_color else "braille")
-            draw = plt.scatter if len(pts) == 1 else plt.plot
-            draw(xs, ys, marker=marker if len(pts) > 1 or s.selected else s.marker, color=s.color)
+        # reference lines first: the runs, the selected one last, are drawn over them
         for line in self.lines:
             if line.y is not None and unplottable(line.y, log) is None:
                 plt.hline(self._y(line.y), color=line.color)
@@ -143,6 +136,14 @@ class MetricChart(PlotextPlot):
                 plt.plot([p[0] for p in pts], [p[1] for p in pts], marker="-" if not self.no_color else ":",
                          color=line.color)
                 plt.text(line.label, pts[-1][0], pts[-1][1], color=line.color, alignment="right")
+        for s in sorted(self.series, key=lambda s: s.selected):
+            pts = [(x, self._y(v)) for x, v in s.points if unplottable(v, log) is None]
+            if not pts:
+                continue
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            marker = "hd" if s.selected else (s.marker if self.no_color else "braille")
+            draw = plt.scatter if len(pts) == 1 else plt.plot
+            draw(xs, ys, marker=marker if len(pts) > 1 or s.selected else s.marker, color=s.color)
         for s, x, why in odd:
             top = why == "+inf"
             plt.scatter([x], [hi if top else lo], marker={"NaN": "?", "+inf": "▲"}.get(why, "▼"), color=s.color)
