@@ -19,7 +19,8 @@ from .config import AuditConfig, validate
 from .data import TaskData, load_task
 from .errors import ConfigError, StoreError
 from .events import Listener, ignore
-from .runstore import (RECORDS, RunLog, list_runs, read_config, read_run, safe_child, write_config)
+from .runstore import (RECORDS, SCHEMA_VERSION, RecordWriter, RunLog, list_runs, now_iso, read_config,
+                       read_run, safe_child, write_config)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,13 @@ class RunSpec:
     def header_fields(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "method": self.method, "seed": self.seed,
                 "penalty": self.penalty, "parent": self.parent}
+
+
+def make_header(cfg: AuditConfig, spec: RunSpec) -> dict[str, Any]:
+    """The first line of a run's records: who it is and the whole config it trains under."""
+    return {"type": "header", "schema": SCHEMA_VERSION, **spec.header_fields(), "epochs": cfg.epochs,
+            "dataset": cfg.dataset + ("+random-targets" if cfg.random_targets else ""), "created": now_iso(),
+            "config": cfg.dump()}
 
 
 def run_id(method: str, seed: int, penalty: float = 0.0) -> str:
@@ -154,6 +162,25 @@ class Audit:
                                              h.get("parent"))
         return list(specs.values())
 
+    def add_run(self, spec: RunSpec) -> None:
+        """Put a run outside the config's plan (a penalty rerun) on disk at once, so a
+        queued rerun survives a quit and ``planned`` and ``watch`` see it."""
+        if spec.run_id in {s.run_id for s in plan_runs(self.cfg)}:
+            return
+        run_dir = self.run_dir(spec.run_id)
+        path = run_dir / RECORDS
+        if path.exists():
+            return
+        try:
+            run_dir.mkdir(exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create {run_dir}: {err.strerror}", "check the disk and permissions") from None
+        writer = RecordWriter(path)
+        try:
+            writer.append(make_header(self.cfg, spec))
+        finally:
+            writer.close()
+
     def run_dir(self, rid: str) -> Path:
         return safe_child(self.path, rid)
 
@@ -180,10 +207,6 @@ class Audit:
             if rec["epoch"] == epoch:
                 return rec["test_acc"]
         return None
-
-
-def _unfinished(log: RunLog) -> bool:
-    return log.end is None or log.end["status"] in ("stopped", "failed")
 
 
 class AuditRunner:
@@ -216,6 +239,7 @@ class AuditRunner:
             return self._task
 
     def submit(self, spec: RunSpec) -> None:
+        self.audit.add_run(spec)
         with self._cond:
             if spec.run_id not in self._active and spec not in self._pending:
                 self._pending.append(spec)
@@ -223,7 +247,7 @@ class AuditRunner:
 
     def submit_unfinished(self) -> list[RunSpec]:
         """Queue every planned run that has not ended (fresh, stopped, failed or killed)."""
-        specs = [s for s in self.audit.planned() if _unfinished(self.audit.log(s.run_id))]
+        specs = [s for s in self.audit.planned() if self.audit.log(s.run_id).unfinished]
         for s in specs:
             self.submit(s)
         for s in self.audit.planned():

@@ -162,6 +162,11 @@ class RunLog:
     def total_epochs(self) -> int:
         return (self.header or {}).get("epochs", 0)
 
+    @property
+    def unfinished(self) -> bool:
+        """Not ended, or ended in a way ``resume`` continues (stopped, failed)."""
+        return self.end is None or self.end["status"] in ("stopped", "failed")
+
     def status(self, live: bool) -> str:
         """finished / diverged / failed / stopped from the end line; else running or stopped."""
         if self.end is not None:

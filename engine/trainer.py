@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .audit import make_header
 from .config import AuditConfig
 from .data import TaskData, derive_seed
 from .diagnostics import DiagnosticSettings, evaluate_accuracy, measure
@@ -179,12 +180,12 @@ def train_run(audit: "Audit", spec: "RunSpec", task: TaskData, device: torch.dev
         if ckpt_path.exists():
             parts.load(ckpt_path, spec)
         if previous is None or previous.header is None:
-            header = {"type": "header", "schema": SCHEMA_VERSION, **spec.header_fields(), "epochs": cfg.epochs,
-                      "dataset": task.name, "device": str(device), "started": now_iso(), "config": cfg.dump()}
+            header = make_header(cfg, spec)
             writer.append(header)
         else:
             header = previous.header
-            writer.append({"type": "resume", "epoch": parts.epoch, "time": now_iso()})
+            if parts.epoch or previous.epochs or previous.end:
+                writer.append({"type": "resume", "epoch": parts.epoch, "time": now_iso()})
         history = [e for e in (previous.epochs if previous else []) if e["epoch"] <= parts.epoch]
         listener(RunStarted(spec.run_id, header, parts.epoch))
         while parts.epoch < cfg.epochs:

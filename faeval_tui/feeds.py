@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from engine.audit import Audit, AuditRunner, RunSpec, _unfinished
+from engine.audit import Audit, AuditRunner, RunSpec
 from engine.config import AuditConfig
 from engine.events import Event
 from engine.runstore import RECORDS, RecordReader, list_runs
@@ -85,7 +85,7 @@ def resumable_audits(runs_dir: Path, cfg: AuditConfig) -> list[tuple[Audit, list
         logs = audit.logs()
         if not any(log.header is not None for log in logs):
             continue  # never started: nothing to resume
-        unfinished = [log.run_id for log in logs if _unfinished(log)]
+        unfinished = [log.run_id for log in logs if log.unfinished]
         if unfinished:
             found.append((audit, unfinished))
     return found

@@ -139,3 +139,19 @@ def test_default_audit_completes_and_bp_is_trustworthy(tmp_path):
     assert bp and all(r["verdict"] == "TRUSTWORTHY" for r in bp)
     for r in bp:  # BP clearly above the frozen baseline
         assert r["final"]["test_acc"] > frozen[r["seed"]]["final"]["test_acc"] + 0.03
+
+
+def test_a_queued_rerun_is_on_disk_before_it_starts_and_resumes_later(tmp_path):
+    from engine.audit import RunSpec, run_id
+
+    audit = Audit.create(load_config(None, TINY + ["methods=[bp]", "epochs=1"]), tmp_path)
+    rid = run_id("bp", 42, 0.01)
+    AuditRunner(audit).submit(RunSpec(rid, "bp", 42, 0.01, "bp-s42"))  # queued, then the console quits
+    assert rid in [s.run_id for s in Audit.open(audit.path).planned()]
+    log = audit.log(rid)
+    assert log.header["parent"] == "bp-s42" and log.header["penalty"] == 0.01 and log.unfinished
+    runner = AuditRunner(Audit.open(audit.path))
+    assert rid in [s.run_id for s in runner.submit_unfinished()]
+    assert runner.run()[rid] == "finished"
+    kinds = [json.loads(l)["type"] for l in (audit.path / rid / "records.jsonl").read_text().splitlines()]
+    assert kinds == ["header", "epoch", "end"]
