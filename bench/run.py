@@ -19,7 +19,7 @@ import torch
 from . import shapes
 from .diagnostics import diag_seconds, shares, shares_by_method
 from .memory import peak_rss
-from .training import Shape, cifar_shaped_task, epoch_times
+from .training import Shape, cifar_shaped_task, epoch_times, paired_epoch_times
 from .ui_lag import console_lag
 
 METHODS = ["bp", "fa", "dfa", "frozen"]
@@ -101,6 +101,14 @@ def _run(plan: Plan, quick: bool, log) -> dict[str, Any]:
     result.update(diag_s=diag, diag_share=shares(diag, epoch_s), diag_share_by_method=shares_by_method(diag, epoch_s))
     per_epoch = sum(epoch_s[m] + sum(diag[m].values()) for m in METHODS)
     result["flagship_projection_min"] = per_epoch * FLAGSHIP["seeds"] * FLAGSHIP["epochs"] / 60
+
+    log("(2b) two runs side by side, one thread each (an audit with workers = 2)")
+    pairs = paired_epoch_times(s, task, [("bp", "fa"), ("dfa", "frozen")], plan.batches, max(1, plan.rounds // 2))
+    pair_s = {k: min(v) for k, v in pairs.items()}
+    # diagnostics run side by side too; both cores are busy either way, so their sum is kept
+    per_epoch_2x1 = sum(pair_s.values()) + sum(sum(diag[m].values()) for m in METHODS)
+    result.update(paired_epoch_s=pair_s, flagship_projection_min_2x1=per_epoch_2x1 * FLAGSHIP["seeds"]
+                  * FLAGSHIP["epochs"] / 60)
     del task
 
     log("(5) console event-loop lag while two runs train")
@@ -123,8 +131,10 @@ def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
         ("diagnostics share of the epoch", r["diag_share"]["total"], "<= 0.05", r["diag_share"]["total"] <= 0.05),
         ("console lag p99 (ms)", r["ui_lag_p99_ms"], "<= 50", r["ui_lag_p99_ms"] <= 50),
         ("peak RSS (MB)", r["peak_rss_mb"], "<= 1536", r["peak_rss_mb"] <= 1536),
-        ("flagship audit, 12 runs x 100 epochs (min)", r["flagship_projection_min"], "< 60",
+        ("flagship audit, 12 runs x 100 epochs, 1 worker (min)", r["flagship_projection_min"], "< 60",
          r["flagship_projection_min"] < 60),
+        ("flagship audit, 2 workers x 1 thread (min)", r["flagship_projection_min_2x1"], "< 60",
+         r["flagship_projection_min_2x1"] < 60),
     ]
     return [{"goal": g, "measured": v, "target": t, "met": bool(ok)} for g, v, t, ok in rows]
 

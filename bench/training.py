@@ -118,3 +118,32 @@ def epoch_times(shape: Shape, task: TaskData, methods: list[str], batches: int, 
         if conv is not None:
             times["conventional"].append(conv.time_batches(batches) * scale)
     return times
+
+
+def paired_epoch_times(shape: Shape, task: TaskData, pairs: list[tuple[str, str]], batches: int,
+                       rounds: int) -> dict[str, list[float]]:
+    """Wall seconds for two runs to each finish an epoch side by side, one per core: two
+    worker threads, one intra-op thread each (``torch.set_num_threads`` is process-wide)."""
+    cfg = bench_config(shape)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out: dict[str, list[float]] = {}
+        for a, b in pairs:
+            runners = [run_parts(cfg, a, task), run_parts(cfg, b, task)]
+            for parts in runners:
+                time_batches(parts, task, shape.batch, min(batches, 3))
+            walls = []
+            for _ in range(rounds):
+                workers = [threading.Thread(target=time_batches, args=(p, task, shape.batch, batches))
+                           for p in runners]
+                t0 = time.perf_counter()
+                for w in workers:
+                    w.start()
+                for w in workers:
+                    w.join()
+                walls.append((time.perf_counter() - t0) * shape.steps / batches)
+            out[f"{a}+{b}"] = walls
+        return out
+    finally:
+        torch.set_num_threads(threads)
