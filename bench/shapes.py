@@ -7,7 +7,7 @@ not counted. For ``nn.Linear`` (out × in weight W, batch B):
     forward  x·Wᵀ   (B, in, out)     input grad  g·W   (B, out, in)     weight grad  gᵀ·x  (out, B, in)
 
 The embedding never needs its input gradient (x is data), so no method pays it; frozen
-skips the blocks' weight gradients; fa/dfa add their feedback products e·B.
+skips the blocks' weight gradients; fa/dfa add their one feedback product e·[P_0|…|P_L].
 """
 from __future__ import annotations
 
@@ -36,10 +36,10 @@ def step_matmuls(method: str, batch: int, in_dim: int, n_classes: int, d: int, L
         shapes += _linear(batch, d, hidden, dgrad=True, wgrad=blocks_train)
         shapes += _linear(batch, hidden, d, dgrad=True, wgrad=blocks_train)
     shapes += _linear(batch, d, n_classes, dgrad=True, wgrad=True)
-    if method == "dfa":
-        shapes += [(batch, n_classes, d)] * (L + 1)
-    elif method == "fa":
-        shapes += [(batch, n_classes, d)] + [(batch, d, d)] * L
+    if method in ("fa", "dfa"):
+        # a_l = e·P_l for all l in one product (engine/methods/feedback.py); FA's chain
+        # B_out·B_L⋯ is folded into P once per set of B's, not per step
+        shapes.append((batch, n_classes, (L + 1) * d))
     return shapes
 
 
