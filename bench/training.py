@@ -112,25 +112,29 @@ def epoch_times(shape: Shape, task: TaskData, methods: list[str], batches: int, 
     times: dict[str, list[float]] = {m: [] for m in methods}
     if conv is not None:
         times["conventional"] = []
-    for _ in range(rounds):
-        for m, parts in runners.items():
-            times[m].append(time_batches(parts, task, shape.batch, batches) * scale)
-        if conv is not None:
-            times["conventional"].append(conv.time_batches(batches) * scale)
+    order = list(times)
+    for r in range(rounds):
+        # forward, then backward order (A B C D D C B A …): a drift in load hits all alike
+        for m in order if r % 2 == 0 else order[::-1]:
+            t = conv.time_batches(batches) if m == "conventional" else time_batches(runners[m], task, shape.batch,
+                                                                                     batches)
+            times[m].append(t * scale)
     return times
 
 
-def paired_epoch_times(shape: Shape, task: TaskData, pairs: list[tuple[str, str]], batches: int,
+def paired_epoch_times(shape: Shape, task: TaskData, methods: list[str], batches: int,
                        rounds: int) -> dict[str, list[float]]:
-    """Wall seconds for two runs to each finish an epoch side by side, one per core: two
-    worker threads, one intra-op thread each (``torch.set_num_threads`` is process-wide)."""
+    """Per method, wall seconds for two runs of it (seeds 42 and 123) to each finish an epoch
+    side by side, one per core: two worker threads, one intra-op thread each
+    (``torch.set_num_threads`` is process-wide). Same-method pairs finish together, so the
+    wall time is the pair's throughput, with no tail where one run trains alone."""
     cfg = bench_config(shape)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         out: dict[str, list[float]] = {}
-        for a, b in pairs:
-            runners = [run_parts(cfg, a, task), run_parts(cfg, b, task)]
+        for method in methods:
+            runners = [run_parts(cfg, method, task, seed) for seed in (42, 123)]
             for parts in runners:
                 time_batches(parts, task, shape.batch, min(batches, 3))
             walls = []
@@ -143,7 +147,7 @@ def paired_epoch_times(shape: Shape, task: TaskData, pairs: list[tuple[str, str]
                 for w in workers:
                     w.join()
                 walls.append((time.perf_counter() - t0) * shape.steps / batches)
-            out[f"{a}+{b}"] = walls
+            out[method] = walls
         return out
     finally:
         torch.set_num_threads(threads)
