@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, Union
 
 from .config import AuditConfig, Thresholds, validate
+from .fmt import DASH, num
 from .runstore import RunLog, encode
 from .verdicts import DIAGNOSTICS, WALK_BACK, Verdict, evaluate, verdict
 
@@ -26,34 +27,13 @@ if TYPE_CHECKING:
     from .audit import Audit
     from .report import RunSummary
 
-DASH = "—"
 DAGGER = "†"  # cosine or ρ measured while (b) fired
 STALE = "‡"  # value from an earlier epoch: ρ and the null band run on a cadence
 DEGENERATE_NOTE = (f"{DAGGER} measured while (b) fired (in {{k}} of {{n}} runs): reference at the floor, "
                    "not credit quality")
 
 
-# ---- cells: the one place a number becomes text --------------------------------------
-
-def num(v: float | None) -> str:
-    """3 significant digits; scientific outside [1e-3, 1e4); nan/inf/−inf spelled out."""
-    if v is None:
-        return DASH
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "−inf"
-    a = abs(v)
-    if a == 0:
-        return "0"
-    if 1e-3 <= a < 1e4:
-        digits = max(0, 2 - math.floor(math.log10(a)))
-        text = f"{v:.{digits}f}"
-        # 0.9996 rounds up to 1.000: drop the digit the carry added, keeping 3 significant
-        return f"{v:.{digits - 1}f}" if digits and abs(float(text)) >= 10 ** (math.floor(math.log10(a)) + 1) else text
-    mantissa, exp = f"{v:.2e}".split("e")
-    return f"{mantissa}e{int(exp)}"
-
+# ---- cells (numbers themselves: engine/fmt.py) ---------------------------------------
 
 def pct(v: float | None) -> str:
     """A fraction as percent with 2 decimals (accuracy)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .config import Thresholds
+from .fmt import num
 
 WALK_BACK = ("a", "b", "d")  # (c) labels the sub-mode; it never walks a run back alone
 
@@ -129,12 +130,6 @@ class Alert:
     text: str
 
 
-def _fmt(v: float) -> str:
-    if v is None or not math.isfinite(v):
-        return str(v)
-    return f"{v:.3g}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.2e}"
-
-
 def new_alerts(run_id: str, previous: list[dict[str, Any]], record: dict[str, Any], th: Thresholds) -> list[Alert]:
     """Walk-back alerts raised by ``record``: diagnostics (a), (b), (d) firing for the first time."""
     seen = set(first_fire(previous))
@@ -144,8 +139,8 @@ def new_alerts(run_id: str, previous: list[dict[str, Any]], record: dict[str, An
             diag = DIAGNOSTICS[k]
             value, limit = record.get(diag.field), diag.threshold(th, record)
             side = ">" if diag.comparison == "above" else "<"
-            text = (f"{run_id}: ({k}) {diag.name} fired at epoch {record['epoch']}: {diag.field} = {_fmt(value)} "
-                    f"{side} {_fmt(limit)}. Walk back: {diag.meaning}.")
+            text = (f"{run_id}: ({k}) {diag.name} fired at epoch {record['epoch']}: {diag.field} = {num(value)} "
+                    f"{side} {num(limit)}. Walk back: {diag.meaning}.")
             alerts.append(Alert(run_id, record["epoch"], k, value, limit, text))
     return alerts
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -18,7 +17,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from engine.tables import num as fmt
+from engine.fmt import num as fmt
 from engine.verdicts import DIAGNOSTICS
 
 from .state import AuditState, RunView

@@ -1,0 +1,26 @@
+"""How a number becomes text, in one place: tables, markdown, alerts and the console."""
+from __future__ import annotations
+
+import math
+
+DASH = "—"
+
+
+def num(v: float | None) -> str:
+    """3 significant digits; scientific outside [1e-3, 1e4); nan/inf/−inf spelled out."""
+    if v is None:
+        return DASH
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "−inf"
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if 1e-3 <= a < 1e4:
+        digits = max(0, 2 - math.floor(math.log10(a)))
+        text = f"{v:.{digits}f}"
+        # 0.9996 rounds up to 1.000: drop the digit the carry added, keeping 3 significant
+        return f"{v:.{digits - 1}f}" if digits and abs(float(text)) >= 10 ** (math.floor(math.log10(a)) + 1) else text
+    mantissa, exp = f"{v:.2e}".split("e")
+    return f"{mantissa}e{int(exp)}"
