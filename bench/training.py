@@ -113,6 +113,9 @@ def epoch_times(shape: Shape, task: TaskData, methods: list[str], batches: int, 
     if conv is not None:
         times["conventional"] = []
     order = list(times)
+    if conv is not None:  # conventional next to bp: their ratio is the one that matters
+        order.remove("conventional")
+        order.insert(order.index("bp") + 1 if "bp" in order else 0, "conventional")
     for r in range(rounds):
         # forward, then backward order (A B C D D C B A …): a drift in load hits all alike
         for m in order if r % 2 == 0 else order[::-1]:
