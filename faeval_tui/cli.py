@@ -160,12 +160,8 @@ def bench(json_: Annotated[Optional[Path], typer.Option("--json", help="Write ev
           markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the tables as markdown.")] = None,
           quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes: checks the benchmark runs, "
                                               "measures nothing meaningful.")] = False) -> None:
-    """Measure training speed, diagnostics cost, console lag and peak memory on this machine (issue #5)."""
-    try:
-        import bench as bench_pkg
-    except ImportError:  # bench/ sits beside the packages in the repository, not installed with them
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        import bench as bench_pkg
+    """Measure training speed, diagnostics cost, console lag and peak memory on this machine."""
+    import bench as bench_pkg
 
     result = bench_pkg.run_bench(quick=quick, log=lambda msg: typer.echo(msg, err=True))
     bench_pkg.print_table(result)

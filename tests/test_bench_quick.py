@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from typer.testing import CliRunner
 
 from faeval_tui.cli import app
@@ -28,8 +30,11 @@ def test_quick_bench_writes_every_key_with_positive_finite_values(tmp_path):
     assert set(r["methods"]) == {"bp", "fa", "dfa", "frozen"}
     for m in r["methods"].values():
         assert all(_positive_finite(m[k]) for k in ("epoch_s", "gflops", "frac_of_matmul"))
-    assert set(r["diag_share"]) == {"accuracy", "probe", "stability", "rho", "null", "total"}
-    assert r["diag_share"]["total"] == sum(v for k, v in r["diag_share"].items() if k != "total")
+    assert set(r["diag_share"]) == {"accuracy", "probe", "stability", "rho", "null", "total", "total_without_accuracy"}
+    parts = ("accuracy", "probe", "stability", "rho", "null")
+    assert r["diag_share"]["total"] == pytest.approx(sum(r["diag_share"][k] for k in parts))
+    assert r["diag_share"]["total_without_accuracy"] == pytest.approx(r["diag_share"]["total"]
+                                                                     - r["diag_share"]["accuracy"])
     assert r["diag_share"]["null"] > 0 and r["diag_share"]["rho"] > 0
     for k in ("matmul_gflops", "conventional_ratio", "diag_share", "ui_lag_p99_ms", "peak_rss_mb"):
         v = r[k]["total"] if k == "diag_share" else r[k]
