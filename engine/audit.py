@@ -324,12 +324,17 @@ class AuditRunner:
         try:
             with AuditLock(self.audit.path):
                 self.preflight()
-                threads = [threading.Thread(target=self._worker, name=f"faeval-worker-{i}", daemon=True)
-                           for i in range(self.workers)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
+                if self.workers == 1:
+                    # train in the calling thread: a second OpenMP team (this thread's, from loading
+                    # the data, beside a worker's) oversubscribes the cores and slowed small models 4x
+                    self._worker()
+                else:
+                    threads = [threading.Thread(target=self._worker, name=f"faeval-worker-{i}", daemon=True)
+                               for i in range(self.workers)]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
         finally:
             torch.set_num_threads(threads_before)
         return dict(self.statuses)
