@@ -103,9 +103,3 @@ class ResMLP(nn.Module):
     def readout_parameters(self) -> list[nn.Parameter]:
         return list(self.ln_out.parameters()) + list(self.head.parameters())
 
-
-def flops_per_sample(in_dim: int, n_classes: int, d: int, L: int, r: float = 1.0) -> int:
-    """Multiply-add FLOPs (2 per MAC) of one forward pass; backward is counted as 2× forward."""
-    hidden = max(1, int(round(r * d)))
-    macs = in_dim * d + L * (2 * d * hidden) + d * n_classes
-    return 2 * macs
