@@ -2,7 +2,9 @@
 
     from engine import load_config, Audit, AuditRunner
     audit = Audit.create(load_config("synthetic_default", ["epochs=3"]), "runs")
-    AuditRunner(audit).submit_unfinished(); AuditRunner.run(...)
+    runner = AuditRunner(audit, listener=print)   # any callable gets the engine's events
+    runner.submit_unfinished()
+    statuses = runner.run()                       # {"bp-s42": "finished", ...}
 """
 from .audit import Audit, AuditRunner, RunSpec, plan_runs
 from .config import AuditConfig, Thresholds, load_config
