@@ -21,12 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from .config import Thresholds
-from .diagnostics import DiagnosticSettings, evaluate_accuracy, measure
+from .diagnostics import DiagnosticSettings, epoch_record
 from .methods import Method, Probe, get_method
 from .model import Auditable
 from .runstore import RunLog
 from .tables import Table, layer_table
-from .verdicts import Verdict, evaluate, verdict
+from .verdicts import Verdict, verdict
 
 Step = Union[str, Callable[[nn.Module, Tensor], Tensor]]
 CreditFn = Callable[[Probe], Sequence[Tensor]]
@@ -166,11 +166,6 @@ def audit_model(model: Auditable, x: Tensor, y: Tensor, credit: Method | CreditF
     meth = _method(credit, model, n_classes, gen)
     settings = settings or DiagnosticSettings(rho_samples=min(1024, x.shape[0]),
                                               stability_batches=min(8, x.shape[0]))
-    acc, loss = evaluate_accuracy(model, [(x, y)])
-    diag = measure(model, meth, x, y, settings, gen)
-    record = {"type": "epoch", "epoch": epoch, "test_acc": acc, "test_loss": loss, "train_loss": None,
-              "lr": None, **diag, "baseline_acc": frozen_acc, "train_s": None,
-              "diag_s": {k: round(v, 4) for k, v in settings.timings.items()}}
-    record = evaluate(record, th)
+    record = epoch_record(model, meth, [(x, y)], x, y, settings, gen, th, epoch=epoch, baseline_acc=frozen_acc)
     name = method or (credit if isinstance(credit, str) else getattr(meth, "name", "model"))
     return AuditResult(record, verdict([record]), name)

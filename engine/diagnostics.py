@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import Thresholds
 from .methods.base import Method, Probe
 from .model import Auditable
+from .verdicts import evaluate
 
 
 def make_probe(model: Auditable, x: Tensor, y: Tensor) -> Probe:
@@ -234,3 +236,19 @@ def evaluate_accuracy(model: Auditable, batches) -> tuple[float, float]:
         count += yb.shape[0]
     model.train(was_training)  # type: ignore[attr-defined]
     return correct.item() / count, loss.item() / count
+
+
+def epoch_record(model: Auditable, method: Method, test_batches, x: Tensor, y: Tensor,
+                 settings: DiagnosticSettings, generator: torch.Generator, thresholds: Thresholds, *, epoch: int,
+                 baseline_acc: float | None = None, train_loss: float | None = None, lr: float | None = None,
+                 train_s: float | None = None) -> dict[str, Any]:
+    """The epoch record every writer and reader shares: accuracy over ``test_batches``, every
+    measurement on (x, y), and the fired set under ``thresholds``."""
+    t0 = time.perf_counter()
+    acc, test_loss = evaluate_accuracy(model, test_batches)
+    settings.timings["accuracy"] = time.perf_counter() - t0
+    diag = measure(model, method, x, y, settings, generator)
+    rec = {"type": "epoch", "epoch": epoch, "test_acc": acc, "test_loss": test_loss, "train_loss": train_loss,
+           "lr": lr, **diag, "baseline_acc": baseline_acc, "train_s": train_s,
+           "diag_s": {k: round(v, 4) for k, v in settings.timings.items()}}
+    return evaluate(rec, thresholds)

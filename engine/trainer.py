@@ -19,13 +19,13 @@ import torch
 from .audit import make_header
 from .config import AuditConfig
 from .data import TaskData, derive_seed
-from .diagnostics import DiagnosticSettings, evaluate_accuracy, measure
+from .diagnostics import DiagnosticSettings, epoch_record as measured_record
 from .errors import FaevalError, StoreError
 from .events import BatchProgress, EpochDone, Listener, RunEnded, RunStarted
 from .methods import Method, get_method
 from .model import ResMLP
 from .runstore import CHECKPOINT, RECORDS, SCHEMA_VERSION, RecordWriter, atomic_write_bytes, now_iso, read_run
-from .verdicts import evaluate, new_alerts
+from .verdicts import new_alerts
 
 if TYPE_CHECKING:
     from .audit import Audit, RunSpec
@@ -126,17 +126,16 @@ def train_epoch(parts: RunParts, task: TaskData, batch_size: int, penalty: float
     return total.item() / parts.steps_per_epoch  # the epoch's one host sync
 
 
-def epoch_record(parts: RunParts, cfg: AuditConfig, task: TaskData, train_loss: float, epoch: int,
-                 seed: int) -> tuple[dict[str, Any], dict[str, float]]:
+def epoch_record(parts: RunParts, cfg: AuditConfig, task: TaskData, train_loss: float, epoch: int, seed: int,
+                 baseline_acc: float | None = None, train_s: float | None = None
+                 ) -> tuple[dict[str, Any], dict[str, float]]:
+    """The run's record for ``epoch`` and the seconds each diagnostic took."""
     settings = diagnostic_settings(cfg, epoch)
-    t0 = time.perf_counter()
-    acc, test_loss = evaluate_accuracy(parts.model, task.test_batches())
-    settings.timings["accuracy"] = time.perf_counter() - t0
     x, y = task.diagnostic_set(cfg.diagnostics.n_samples)
     gen = torch.Generator().manual_seed(derive_seed(seed, "diagnostics", epoch))
-    diag = measure(parts.model, parts.method, x, y, settings, gen)
-    rec = {"type": "epoch", "epoch": epoch, "test_acc": acc, "test_loss": test_loss, "train_loss": train_loss,
-           "lr": parts.scheduler.get_last_lr()[0], **diag}
+    rec = measured_record(parts.model, parts.method, task.test_batches(), x, y, settings, gen, cfg.thresholds,
+                          epoch=epoch, baseline_acc=baseline_acc, train_loss=train_loss,
+                          lr=parts.scheduler.get_last_lr()[0], train_s=train_s)
     return rec, settings.timings
 
 
@@ -202,11 +201,8 @@ def train_run(audit: "Audit", spec: "RunSpec", task: TaskData, device: torch.dev
                 listener(RunEnded(spec.run_id, "stopped"))
                 return "stopped"
             train_s = time.perf_counter() - t0
-            rec, timings = epoch_record(parts, cfg, task, train_loss, epoch, spec.seed)
-            rec["baseline_acc"] = audit.baseline_acc(spec, epoch)
-            rec["train_s"] = train_s
-            rec["diag_s"] = {k: round(v, 4) for k, v in timings.items()}
-            rec = evaluate(rec, cfg.thresholds)
+            rec, _ = epoch_record(parts, cfg, task, train_loss, epoch, spec.seed,
+                                  baseline_acc=audit.baseline_acc(spec, epoch), train_s=train_s)
             alerts = new_alerts(spec.run_id, history, rec, cfg.thresholds)
             writer.append(rec)
             parts.epoch = epoch

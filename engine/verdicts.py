@@ -127,7 +127,12 @@ class Alert:
     diagnostic: str
     value: float
     threshold: float
-    text: str
+    headline: str  # which diagnostic fired, when, value against threshold
+    meaning: str  # what it means for the run's headline numbers
+
+    @property
+    def text(self) -> str:
+        return f"{self.run_id}: {self.headline}. Walk back: {self.meaning}."
 
 
 def new_alerts(run_id: str, previous: list[dict[str, Any]], record: dict[str, Any], th: Thresholds) -> list[Alert]:
@@ -139,8 +144,8 @@ def new_alerts(run_id: str, previous: list[dict[str, Any]], record: dict[str, An
             diag = DIAGNOSTICS[k]
             value, limit = record.get(diag.field), diag.threshold(th, record)
             side = ">" if diag.comparison == "above" else "<"
-            text = (f"{run_id}: ({k}) {diag.name} fired at epoch {record['epoch']}: {diag.field} = {num(value)} "
-                    f"{side} {num(limit)}. Walk back: {diag.meaning}.")
-            alerts.append(Alert(run_id, record["epoch"], k, value, limit, text))
+            headline = (f"({k}) {diag.name} fired at epoch {record['epoch']}: {diag.field} = {num(value)} "
+                        f"{side} {num(limit)}")
+            alerts.append(Alert(run_id, record["epoch"], k, value, limit, headline, diag.meaning))
     return alerts
 

@@ -20,6 +20,7 @@ from engine.audit import Audit, RunSpec, run_id
 from engine.config import AuditConfig
 from engine.errors import FaevalError
 from engine.events import Event
+from engine.markdown import render_markdown
 from engine.runstore import atomic_write_bytes
 from engine.verdicts import Alert
 
@@ -162,8 +163,7 @@ class FaevalApp(App[None]):
     def _announce(self, alerts: list[Alert]) -> None:
         for alert in alerts:
             # the toast says what fired; the alert log keeps the whole text with its meaning
-            headline = alert.text.split(" Walk back:")[0].removeprefix(f"{alert.run_id}: ")
-            self.notify(headline + " (details in the alert log)", title=f"WALK BACK · {alert.run_id}",
+            self.notify(alert.headline + " (details in the alert log)", title=f"WALK BACK · {alert.run_id}",
                         severity="error", timeout=8)
         if alerts and self.bell_on:
             self.bell()
@@ -250,12 +250,6 @@ class FaevalApp(App[None]):
             self.notify("no audit yet", severity="warning")
             return
         try:
-            from engine.markdown import render_markdown
-        except ImportError:
-            self.notify("markdown export needs engine/markdown.py, which this engine does not have yet",
-                        severity="warning")
-            return
-        try:
             text = render_markdown(self.audit)
             path = self.audit.path / REPORT
             atomic_write_bytes(path, text.encode())
@@ -263,7 +257,6 @@ class FaevalApp(App[None]):
             self.push_screen(ErrorScreen("Export failed", err))
             return
         self.copy_to_clipboard(text)
-        self.last_export = path
         self.notify(f"wrote {path} and copied it to the clipboard", title="export", timeout=8)
 
     def action_rerun(self) -> None:

@@ -17,7 +17,8 @@ from textual.containers import Container
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from engine.tables import n_classes, num as fmt
+from engine.fmt import num as fmt
+from engine.tables import n_classes
 from engine.verdicts import DIAGNOSTICS
 
 from .state import AuditState, RunView

@@ -58,9 +58,8 @@ class LiveFeed:
         self.runner.submit(spec)
 
     def train(self) -> None:
-        """Blocks until ``stop``: call it on a thread. Loading the task first means a missing
-        dataset raises its DataError here, where the console can show it."""
-        self.runner.task
+        """Blocks until ``stop``: call it on a thread. The runner loads the data before any
+        run starts, so a missing dataset raises its DataError here, where the console shows it."""
         self.runner.run(keep_alive=True)
 
     def stop(self) -> None:

@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from engine.fmt import num as fmt
-from engine.verdicts import DIAGNOSTICS
+from engine.verdicts import DIAGNOSTICS, WALK_BACK
 
 from .state import AuditState, RunView
 
@@ -131,7 +131,7 @@ def summary(view: RunView, rec: dict[str, Any], state: AuditState) -> Text:
     text.append(f"Γ {fmt(rec['gamma'])}  deep cos {fmt(rec['deep_cos'])}  deep ρ {fmt(rec.get('deep_rho'))}  ")
     fired = rec.get("fired") or []
     text.append("fired: " + (" ".join(f"({k})" for k in fired) if fired else "none"),
-                style="bold red" if any(k in fired for k in "abd") else "green")
+                style="bold red" if any(k in fired for k in WALK_BACK) else "green")
     return text
 
 
