@@ -117,7 +117,9 @@ def train_epoch(parts: RunParts, task: TaskData, batch_size: int, penalty: float
             return None
         idx = perm[b * batch_size:(b + 1) * batch_size]
         opt.zero_grad(set_to_none=True)
-        loss = method.step(model, task.prepare(task.x_train[idx]), task.y_train[idx], penalty)
+        # index_select, not x[idx]: the same rows, gathered ~5× faster on CPU
+        loss = method.step(model, task.prepare(task.x_train.index_select(0, idx)), task.y_train.index_select(0, idx),
+                           penalty)
         opt.step()
         sched.step()
         total += loss
@@ -133,9 +135,10 @@ def epoch_record(parts: RunParts, cfg: AuditConfig, task: TaskData, train_loss: 
     settings = diagnostic_settings(cfg, epoch)
     x, y = task.diagnostic_set(cfg.diagnostics.n_samples)
     gen = torch.Generator().manual_seed(derive_seed(seed, "diagnostics", epoch))
-    rec = measured_record(parts.model, parts.method, task.test_batches(), x, y, settings, gen, cfg.thresholds,
-                          epoch=epoch, baseline_acc=baseline_acc, train_loss=train_loss,
-                          lr=parts.scheduler.get_last_lr()[0], train_s=train_s)
+    # the diagnostic set is the first n test samples: the probe's forward pass counts for them
+    rec = measured_record(parts.model, parts.method, task.test_batches(start=x.shape[0]), x, y, settings, gen,
+                          cfg.thresholds, epoch=epoch, baseline_acc=baseline_acc, train_loss=train_loss,
+                          lr=parts.scheduler.get_last_lr()[0], train_s=train_s, diagnostic_set_in_test=True)
     return rec, settings.timings
 
 
