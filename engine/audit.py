@@ -210,20 +210,27 @@ class Audit:
 
 
 class AuditRunner:
-    """Trains an audit's runs on ``workers`` threads, frozen baselines first.
+    """Trains an audit's runs, ``workers`` at a time, frozen baselines first.
+
+    With one worker the run trains in the calling thread; with more, each worker thread
+    hands its run to a child process (``engine.worker``) and relays its events. ``nice``
+    lowers the children's CPU priority: the console passes 10 so that its event loop wins
+    the cores whenever it has work (p99 lag 31 ms instead of 96 ms measured with two runs).
 
     ``submit`` may add runs while it works (penalty reruns); ``stop`` asks every run to
     end at its next batch, keeping its last checkpoint.
     """
 
     def __init__(self, audit: Audit, listener: Listener = ignore, workers: int | None = None,
-                 task: TaskData | None = None) -> None:
+                 task: TaskData | None = None, nice: int = 0) -> None:
         self.audit = audit
         self.listener = listener
         self.workers = workers or audit.cfg.workers
         self.stop_event = threading.Event()
+        self._child_stop: Any = None  # the multiprocessing twin of stop_event, once children exist
         self.device = resolve_device(audit.cfg.device)
         self._task = task
+        self.nice = nice
         self._cond = threading.Condition()
         self._pending: list[RunSpec] = []
         self._active: set[str] = set()
@@ -235,7 +242,9 @@ class AuditRunner:
     def task(self) -> TaskData:
         with self._cond:
             if self._task is None:
-                self._task = load_task(self.audit.cfg).to(self.device)
+                task = load_task(self.audit.cfg)
+                # children take the images from shared memory and move them to the device themselves
+                self._task = task if self.workers > 1 else task.to(self.device)
             return self._task
 
     def submit(self, spec: RunSpec) -> None:
@@ -271,6 +280,8 @@ class AuditRunner:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self._child_stop is not None:
+            self._child_stop.set()
         with self._cond:
             self._cond.notify_all()
 
@@ -296,12 +307,19 @@ class AuditRunner:
                 self._cond.wait(timeout=0.5)
 
     def _worker(self) -> None:
+        from .methods import get_method
         from .trainer import train_run
+        from .worker import ChildTrainer
 
         while (spec := self._next()) is not None:
             status = "failed"
             try:
-                status = train_run(self.audit, spec, self.task, self.device, self.listener, self.stop_event)
+                if self.workers > 1:
+                    status = ChildTrainer(self.audit, spec, self.task, get_method(spec.method), self.device,
+                                          torch.get_num_threads(), self.listener, self._child_stop,
+                                          self.nice).run(self.stop_event)
+                else:
+                    status = train_run(self.audit, spec, self.task, self.device, self.listener, self.stop_event)
             finally:
                 with self._cond:
                     self._active.discard(spec.run_id)
@@ -329,6 +347,16 @@ class AuditRunner:
                     # the data, beside a worker's) oversubscribes the cores and slowed small models 4x
                     self._worker()
                 else:
+                    from .worker import ChildTrainer, start_resource_tracker
+
+                    task = self.task
+                    for t in (task.x_train, task.y_train, task.x_test, task.y_test, task.scale, task.shift):
+                        if t is not None:
+                            t.share_memory_()  # once, here, not raced by two workers pickling it
+                    start_resource_tracker()  # before the first semaphore (the Event) registers with it
+                    self._child_stop = ChildTrainer.context.Event()
+                    if self.stop_event.is_set():
+                        self._child_stop.set()
                     threads = [threading.Thread(target=self._worker, name=f"faeval-worker-{i}", daemon=True)
                                for i in range(self.workers)]
                     for t in threads:

@@ -49,7 +49,7 @@ class LiveFeed:
 
     def __init__(self, audit: Audit, listener: Callable[[Event], None]) -> None:
         self.audit = audit
-        self.runner = AuditRunner(audit, listener)
+        self.runner = AuditRunner(audit, listener, nice=10)  # training yields the CPU to the event loop
 
     def submit_unfinished(self) -> list[RunSpec]:
         return self.runner.submit_unfinished()
