@@ -166,6 +166,7 @@ def audit_model(model: Auditable, x: Tensor, y: Tensor, credit: Method | CreditF
     meth = _method(credit, model, n_classes, gen)
     settings = settings or DiagnosticSettings(rho_samples=min(1024, x.shape[0]),
                                               stability_batches=min(8, x.shape[0]))
-    record = epoch_record(model, meth, [(x, y)], x, y, settings, gen, th, epoch=epoch, baseline_acc=frozen_acc)
+    record = epoch_record(model, meth, [], x, y, settings, gen, th, epoch=epoch, baseline_acc=frozen_acc,
+                          diagnostic_set_in_test=True)  # the accuracy is the probe's, on the same batch
     name = method or (credit if isinstance(credit, str) else getattr(meth, "name", "model"))
     return AuditResult(record, verdict([record]), name)

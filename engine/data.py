@@ -54,8 +54,9 @@ class TaskData:
             return x
         return torch.addcmul(self.shift, x.float(), self.scale)
 
-    def test_batches(self, batch_size: int = 1024) -> Iterator[tuple[Tensor, Tensor]]:
-        for i in range(0, self.x_test.shape[0], batch_size):
+    def test_batches(self, batch_size: int = 1024, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The test set from sample ``start`` on, in batches."""
+        for i in range(start, self.x_test.shape[0], batch_size):
             yield self.prepare(self.x_test[i:i + batch_size]), self.y_test[i:i + batch_size]
 
     def diagnostic_set(self, n: int) -> tuple[Tensor, Tensor]:
