@@ -37,14 +37,15 @@ class Plan:
     diag_rounds: int
     ui_seconds: float
     ui_epochs: int
-    mem: dict[str, int]
+    mem: dict[str, Any]
 
 
 FULL = Plan(Shape(), batches=100, rounds=7, diag_rounds=3, ui_seconds=15.0, ui_epochs=60,
-            mem={"n_train": 50_000, "n_test": 10_000, "batches": 20})
+            mem={"n_train": 50_000, "n_test": 10_000})
 # one thread: a quick run must not stall on a core another process holds (OpenMP barriers do)
 QUICK = Plan(Shape(n_train=1024, n_test=256, d=64, L=2), batches=3, rounds=1, diag_rounds=0, ui_seconds=1.0,
-             ui_epochs=3, mem={"n_train": 1024, "n_test": 128, "batches": 2, "threads": 1})
+             ui_epochs=3, mem={"n_train": 1024, "n_test": 1024, "threads": 1, "seeds": (42,),
+                       "sets": ("d=64", "L=2", "diagnostics.rho_directions=2")})
 
 
 def machine() -> dict[str, Any]:
@@ -118,8 +119,8 @@ def _run(plan: Plan, quick: bool, log) -> dict[str, Any]:
     per_epoch = sum(epoch_s[m] + sum(diag[m].values()) for m in METHODS)
     result["flagship_projection_min"] = per_epoch * FLAGSHIP["seeds"] * FLAGSHIP["epochs"] / 60
 
-    log("(2b) two runs side by side, one thread each (an audit with workers = 2)")
-    pairs = paired_epoch_times(s, task, METHODS, plan.batches, max(1, plan.rounds // 2))
+    log("(2b) two runs side by side, one process and one thread each (an audit with workers = 2)")
+    pairs = paired_epoch_times(s, METHODS, plan.batches, max(1, plan.rounds // 2))
     pair_s = {k: min(v) for k, v in pairs.items()}  # two epochs of that method, side by side
     # diagnostics run side by side too; both cores are busy either way, so their sum is kept
     per_epoch_2x1 = sum(pair_s.values()) / 2 + sum(sum(diag[m].values()) for m in METHODS)
@@ -130,7 +131,7 @@ def _run(plan: Plan, quick: bool, log) -> dict[str, Any]:
     log("(5) console event-loop lag while two runs train")
     result.update(console_lag(plan.ui_seconds, epochs=plan.ui_epochs))
 
-    log("(6) peak resident memory of a CIFAR-100-shaped audit (child process)")
+    log("(6) peak memory of a CIFAR-100-shaped audit with two workers (its whole process tree)")
     result.update(peak_rss(**plan.mem))
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     samples.append(shapes.matmul_rate(bp_shapes, repeats=3 if quick else 9))

@@ -7,6 +7,7 @@ burst of load from elsewhere hits them alike, and each method keeps its best rou
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import threading
 import time
 from dataclasses import dataclass
@@ -125,32 +126,36 @@ def epoch_times(shape: Shape, task: TaskData, methods: list[str], batches: int, 
     return times
 
 
-def paired_epoch_times(shape: Shape, task: TaskData, methods: list[str], batches: int,
-                       rounds: int) -> dict[str, list[float]]:
-    """Per method, wall seconds for two runs of it (seeds 42 and 123) to each finish an epoch
-    side by side, one per core: two worker threads, one intra-op thread each
-    (``torch.set_num_threads`` is process-wide). Same-method pairs finish together, so the
-    wall time is the pair's throughput, with no tail where one run trains alone."""
-    cfg = bench_config(shape)
-    threads = torch.get_num_threads()
+def _paired_child(shape: Shape, method: str, seed: int, batches: int, rounds: int, go, out) -> None:
     torch.set_num_threads(1)
-    try:
-        out: dict[str, list[float]] = {}
-        for method in methods:
-            runners = [run_parts(cfg, method, task, seed) for seed in (42, 123)]
-            for parts in runners:
-                time_batches(parts, task, shape.batch, min(batches, 3))
-            walls = []
-            for _ in range(rounds):
-                workers = [threading.Thread(target=time_batches, args=(p, task, shape.batch, batches))
-                           for p in runners]
-                t0 = time.perf_counter()
-                for w in workers:
-                    w.start()
-                for w in workers:
-                    w.join()
-                walls.append((time.perf_counter() - t0) * shape.steps / batches)
-            out[method] = walls
-        return out
-    finally:
-        torch.set_num_threads(threads)
+    task = cifar_shaped_task(shape)
+    parts = run_parts(bench_config(shape), method, task, seed)
+    time_batches(parts, task, shape.batch, min(batches, 3))  # warm-up
+    for r in range(rounds):
+        go.wait()  # both children start each round together
+        out.put((seed, r, time_batches(parts, task, shape.batch, batches)))
+
+
+def paired_epoch_times(shape: Shape, methods: list[str], batches: int, rounds: int) -> dict[str, list[float]]:
+    """Per method, wall seconds for two runs of it (seeds 42 and 123) to each finish an epoch
+    side by side, as an audit with ``workers = 2`` trains them: each in its own process with
+    one intra-op thread. Same-method pairs finish together, so the wall time (the slower of
+    the two) is the pair's throughput, with no tail where one run trains alone."""
+    ctx = mp.get_context("spawn")
+    out: dict[str, list[float]] = {}
+    for method in methods:
+        go, results = ctx.Barrier(2), ctx.Queue()
+        children = [ctx.Process(target=_paired_child, args=(shape, method, seed, batches, rounds, go, results))
+                    for seed in (42, 123)]
+        for c in children:
+            c.start()
+        got: dict[int, list[float]] = {}
+        for _ in range(2 * rounds):
+            _, r, seconds = results.get(timeout=600)
+            got.setdefault(r, []).append(seconds)
+        for c in children:
+            c.join()
+            if c.exitcode != 0:
+                raise RuntimeError(f"paired timing child for {method} exited with code {c.exitcode}")
+        out[method] = [max(got[r]) * shape.steps / batches for r in range(rounds)]
+    return out
