@@ -8,6 +8,7 @@ stream at 1e8 and a reference gradient at 1e-9 still resolve.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -229,7 +230,7 @@ def evaluate_accuracy(model: Auditable, batches, seen: tuple[Tensor, Tensor] | N
     model.eval()  # type: ignore[attr-defined]
     correct = loss = None
     count = 0
-    for xb, yb in ([(None, seen[1])] if seen is not None else []) + [b for b in batches]:
+    for xb, yb in itertools.chain([(None, seen[1])] if seen is not None else [], batches):  # lazily: one batch at a time
         logits = seen[0] if xb is None else model(xb)  # type: ignore[operator]
         c = (logits.argmax(1) == yb).sum()
         l_ = F.cross_entropy(logits.float(), yb, reduction="sum")
