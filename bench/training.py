@@ -126,17 +126,19 @@ def epoch_times(shape: Shape, task: TaskData, methods: list[str], batches: int, 
     return times
 
 
-def _paired_child(shape: Shape, method: str, seed: int, batches: int, rounds: int, go, out) -> None:
+def _paired_child(shape: Shape, method: str, seed: int, batches: int, rounds: int, precision: str, go,
+                  out) -> None:
     torch.set_num_threads(1)
     task = cifar_shaped_task(shape)
-    parts = run_parts(bench_config(shape), method, task, seed)
+    parts = run_parts(bench_config(shape, precision=precision), method, task, seed)
     time_batches(parts, task, shape.batch, min(batches, 3))  # warm-up
     for r in range(rounds):
         go.wait()  # both children start each round together
         out.put((seed, r, time_batches(parts, task, shape.batch, batches)))
 
 
-def paired_epoch_times(shape: Shape, methods: list[str], batches: int, rounds: int) -> dict[str, list[float]]:
+def paired_epoch_times(shape: Shape, methods: list[str], batches: int, rounds: int,
+                       precision: str = "fp32") -> dict[str, list[float]]:
     """Per method, wall seconds for two runs of it (seeds 42 and 123) to each finish an epoch
     side by side, as an audit with ``workers = 2`` trains them: each in its own process with
     one intra-op thread. Same-method pairs finish together, so the wall time (the slower of
@@ -145,7 +147,8 @@ def paired_epoch_times(shape: Shape, methods: list[str], batches: int, rounds: i
     out: dict[str, list[float]] = {}
     for method in methods:
         go, results = ctx.Barrier(2), ctx.Queue()
-        children = [ctx.Process(target=_paired_child, args=(shape, method, seed, batches, rounds, go, results))
+        children = [ctx.Process(target=_paired_child, args=(shape, method, seed, batches, rounds, precision, go,
+                                                                     results))
                     for seed in (42, 123)]
         for c in children:
             c.start()

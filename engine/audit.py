@@ -229,6 +229,9 @@ class AuditRunner:
         self.stop_event = threading.Event()
         self._child_stop: Any = None  # the multiprocessing twin of stop_event, once children exist
         self.device = resolve_device(audit.cfg.device)
+        if audit.cfg.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("precision = 'bf16' but this GPU has no bfloat16 support",
+                              "use --set precision=fp32 (bfloat16 needs an Ampere or newer GPU)")
         self._task = task
         self.nice = nice
         self._cond = threading.Condition()

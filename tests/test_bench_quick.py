@@ -41,4 +41,6 @@ def test_quick_bench_writes_every_key_with_positive_finite_values(tmp_path):
         assert _positive_finite(v), k
     assert r["ui_lag_p50_ms"] >= 0 and r["ui_lag_p50_ms"] <= r["ui_lag_p99_ms"]
     assert r["ui_runs_training"] == 2
+    # memory is the real two-worker audit's process tree: the audit, its training children, the tracker
+    assert 0 < r["peak_pss_mb"] <= r["peak_rss_mb"] and r["memory_processes"] >= 3 and r["memory_runs"] == 2
     assert "| bp |" in md.read_text()

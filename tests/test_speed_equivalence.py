@@ -44,7 +44,7 @@ def reference_feedback_step(method, model, x, y, penalty):
 def grads_after(fn, model) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     fn()
-    return {k: p.grad.clone() for k, p in model.named_parameters()}
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("name", ["fa", "dfa"])
@@ -159,3 +159,68 @@ def test_chunked_channel_stats_equal_the_float64_copy():
     torch.testing.assert_close(mean, xs.mean(dim=(0, 2)), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(std, xs.std(dim=(0, 2)), rtol=1e-12, atol=1e-14)
     assert math.isfinite(std.sum().item())
+
+
+# ---------------------------------------------------------------- precision = bf16
+
+
+@pytest.mark.parametrize("name", ["bp", "fa", "dfa", "frozen"])
+@pytest.mark.parametrize("penalty", [0.0, 1e-2])
+def test_a_bf16_step_follows_the_float32_step(name, penalty):
+    """Under bfloat16 autocast every parameter still gets a float32 gradient pointing the
+    way float32's does (bfloat16 keeps ~3 significant digits, so direction, not bits)."""
+    model, x, y = tiny(n=256, d=64, in_dim=48)
+    method = get_method(name)(model, 5, torch.Generator().manual_seed(3))
+    ref = grads_after(lambda: method.step(model, x, y, penalty), model)
+
+    def bf16_step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = method.step(model, x, y, penalty)
+        assert loss.dtype == torch.float32
+
+    low = grads_after(bf16_step, model)
+    assert low.keys() == ref.keys()
+    for k in ref:
+        assert low[k].dtype == torch.float32, k
+        if ref[k].norm() > 0:
+            cos = F.cosine_similarity(low[k].flatten(), ref[k].flatten(), dim=0).item()
+            assert cos > 0.99, (k, cos)
+            assert low[k].norm() / ref[k].norm() == pytest.approx(1.0, abs=0.05), k
+
+
+def test_a_bf16_audit_trains_in_bf16_and_measures_in_float32(tmp_path, monkeypatch):
+    from engine import Audit, AuditRunner, load_config
+    from engine import trainer
+
+    sets = ["epochs=2", "d=32", "synthetic.n_train=2048", "synthetic.n_test=1024", "diagnostics.rho_directions=4",
+            "seeds=[42]", "methods=[dfa,frozen]"]
+    seen = {"steps": [], "measure": []}
+    step = get_method("dfa").step
+    record = trainer.measured_record
+
+    def spy_step(self, model, x, y, penalty):
+        seen["steps"].append(torch.is_autocast_enabled("cpu"))
+        return step(self, model, x, y, penalty)
+
+    def spy_record(*args, **kwargs):
+        seen["measure"].append(torch.is_autocast_enabled("cpu"))
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(get_method("dfa"), "step", spy_step)
+    monkeypatch.setattr(trainer, "measured_record", spy_record)
+    audits = {}
+    for precision in ("fp32", "bf16"):
+        audit = Audit.create(load_config(None, sets + [f"precision={precision}"]), tmp_path / precision)
+        runner = AuditRunner(audit)
+        runner.submit_unfinished()
+        statuses = runner.run()
+        assert statuses == {"frozen-s42": "finished", "dfa-s42": "finished"}, audit.log("dfa-s42").end
+        audits[precision] = audit
+    assert audits["bf16"].log("dfa-s42").header["config"]["precision"] == "bf16"
+    steps = len(seen["steps"]) // 2
+    assert seen["steps"][:steps] == [False] * steps and seen["steps"][steps:] == [True] * steps
+    assert seen["measure"] == [False] * len(seen["measure"])  # every measurement in float32
+    a, b = audits["fp32"].log("dfa-s42").epochs[-1], audits["bf16"].log("dfa-s42").epochs[-1]
+    assert a != b  # it really trained differently...
+    assert b["test_acc"] == pytest.approx(a["test_acc"], abs=0.03)  # ...and learned about as much
+    assert b["growth"] == pytest.approx(a["growth"], rel=0.15)

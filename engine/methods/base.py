@@ -54,7 +54,7 @@ def output_error(logits: Tensor, y: Tensor) -> Tensor:
 def block_penalty(fs: list[Tensor]) -> Tensor:
     """Σ_l mean_n ‖f_l‖² (multiply by λ)."""
     n = fs[0].shape[0]
-    return sum(f.square().sum() for f in fs) / n
+    return sum(f.float().square().sum() for f in fs) / n  # summed in float32 even under bf16 autocast
 
 
 class Method(ABC):

@@ -57,7 +57,8 @@ class FeedbackMethod(Method):
     def _effective_B(self) -> Tensor:
         key = tuple(id(b) for b in self.B)  # recomputed when the B's are replaced (load_state_dict)
         if self._P is None or self._P[0] != key:
-            self._P = (key, self.effective(self.B))
+            with torch.autocast(self.B[0].device.type, enabled=False):  # P is kept in float32, whoever asks first
+                self._P = (key, self.effective(self.B))
         return self._P[1]
 
     def credit(self, probe: Probe) -> list[Tensor]:
@@ -78,7 +79,8 @@ class FeedbackMethod(Method):
         scale = 1.0 / x.shape[0]
         grads = [a[0] * scale] + [(a_l + (2.0 * penalty) * f.detach()) * scale if penalty else a_l * scale
                                   for f, a_l in zip(fs, a[1:])]
-        torch.autograd.backward([loss, hs[0], *fs], [None, *grads])
+        outputs = [hs[0], *fs]  # bfloat16 under autocast: their gradients must match their dtype
+        torch.autograd.backward([loss, *outputs], [None, *(g.to(o.dtype) for g, o in zip(grads, outputs))])
         return loss.detach()
 
     def state_dict(self) -> dict[str, Any]:
