@@ -48,6 +48,19 @@ def _linear(n_in: int, n_out: int, gen: torch.Generator) -> nn.Linear:
     return lin
 
 
+def gelu(x: Tensor) -> Tensor:
+    """Exact (erf) GELU. In float64, the one dtype ρ runs in, it is written out as
+    x·erfc(−x/√2)/2: torch's float64 GELU kernel took 4.8 ms per 1024×256 chunk on this
+    CPU against 1.8 ms for its erfc, and ρ spent almost half its time there. erfc, not
+    1 + erf, so the negative tail has no cancellation; the two agree to ~1e-15 relative."""
+    if x.dtype == torch.float64:
+        return 0.5 * x * torch.erfc(x * -_SQRT_HALF)
+    return F.gelu(x)
+
+
+_SQRT_HALF = 0.7071067811865476
+
+
 class Block(nn.Module):
     """f_l = W2 · GELU(W1 · LN(h))."""
 
@@ -58,7 +71,7 @@ class Block(nn.Module):
         self.fc2 = _linear(hidden, d, gen)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(self.ln(h))))
+        return self.fc2(gelu(self.fc1(self.ln(h))))
 
 
 class ResMLP(nn.Module):

@@ -224,3 +224,31 @@ def test_a_bf16_audit_trains_in_bf16_and_measures_in_float32(tmp_path, monkeypat
     assert a != b  # it really trained differently...
     assert b["test_acc"] == pytest.approx(a["test_acc"], abs=0.03)  # ...and learned about as much
     assert b["growth"] == pytest.approx(a["growth"], rel=0.15)
+
+
+def test_float64_gelu_is_the_exact_gelu():
+    """ρ's float64 forward writes GELU out with erfc (torch's float64 GELU kernel is slow):
+    checked against libm's erfc element by element, and against torch's GELU where that
+    one does not flush the far negative tail to zero."""
+    import math
+
+    from engine.model import gelu
+
+    x = torch.cat([torch.linspace(-40, 40, 10001, dtype=torch.float64),
+                   torch.randn(10000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1e4])
+    ref = torch.tensor([0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x.tolist()], dtype=torch.float64)
+    normal = ref.abs() > 1e-290
+    assert ((gelu(x) - ref).abs() / ref.abs())[normal].max() < 1e-12
+    assert (gelu(x) - ref)[~normal].abs().max() < 1e-290
+    core = x.abs() < 6
+    torch.testing.assert_close(gelu(x)[core], F.gelu(x)[core], rtol=1e-14, atol=1e-15)
+    xf = x.float()
+    assert torch.equal(gelu(xf), F.gelu(xf))  # other dtypes: torch's own
+    model, x_in, _ = tiny()
+    model64 = model.double()
+    with torch.no_grad():
+        h = model64.embed(x_in.double())
+        for b in model64.blocks:
+            h = h + b.fc2(F.gelu(b.fc1(b.ln(h))))
+        ref = model64.head(model64.ln_out(h))
+        torch.testing.assert_close(model64(x_in.double()), ref, rtol=1e-13, atol=1e-13)

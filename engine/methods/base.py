@@ -54,7 +54,8 @@ def output_error(logits: Tensor, y: Tensor) -> Tensor:
 def block_penalty(fs: list[Tensor]) -> Tensor:
     """Σ_l mean_n ‖f_l‖² (multiply by λ)."""
     n = fs[0].shape[0]
-    return sum(f.float().square().sum() for f in fs) / n  # summed in float32 even under bf16 autocast
+    # summed in at least float32 (bfloat16 block outputs under autocast are widened; float64 stays)
+    return sum(f.to(torch.promote_types(f.dtype, torch.float32)).square().sum() for f in fs) / n
 
 
 class Method(ABC):
