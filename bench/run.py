@@ -120,7 +120,7 @@ def _run(plan: Plan, quick: bool, log) -> dict[str, Any]:
     result["flagship_projection_min"] = per_epoch * FLAGSHIP["seeds"] * FLAGSHIP["epochs"] / 60
 
     log("(2b) two runs side by side, one process and one thread each (an audit with workers = 2)")
-    pairs = paired_epoch_times(s, METHODS, plan.batches, max(1, plan.rounds // 2))
+    pairs = paired_epoch_times(s, METHODS, plan.batches, plan.rounds)
     pair_s = {k: min(v) for k, v in pairs.items()}  # two epochs of that method, side by side
     # diagnostics run side by side too; both cores are busy either way, so their sum is kept
     per_epoch_2x1 = sum(pair_s.values()) / 2 + sum(sum(diag[m].values()) for m in METHODS)
@@ -128,7 +128,7 @@ def _run(plan: Plan, quick: bool, log) -> dict[str, Any]:
                   * FLAGSHIP["epochs"] / 60)
 
     log("(2c) the same pairs with precision = bf16 (opt-in: bfloat16 steps, float32 measurements)")
-    pairs16 = paired_epoch_times(s, METHODS, plan.batches, max(1, plan.rounds // 2), precision="bf16")
+    pairs16 = paired_epoch_times(s, METHODS, plan.batches, plan.rounds, precision="bf16")
     pair16_s = {k: min(v) for k, v in pairs16.items()}
     per_epoch_bf16 = sum(pair16_s.values()) / 2 + sum(sum(diag[m].values()) for m in METHODS)
     result.update(paired_epoch_s_bf16=pair16_s, flagship_projection_min_2x1_bf16=per_epoch_bf16

@@ -126,15 +126,15 @@ def epoch_times(shape: Shape, task: TaskData, methods: list[str], batches: int, 
     return times
 
 
-def _paired_child(shape: Shape, method: str, seed: int, batches: int, rounds: int, precision: str, go,
-                  out) -> None:
+def _paired_child(shape: Shape, method: str, seed: int, batches: int, precision: str, orders, go, out) -> None:
     torch.set_num_threads(1)
     task = cifar_shaped_task(shape)
     parts = run_parts(bench_config(shape, precision=precision), method, task, seed)
     time_batches(parts, task, shape.batch, min(batches, 3))  # warm-up
-    for r in range(rounds):
-        go.wait()  # both children start each round together
-        out.put((seed, r, time_batches(parts, task, shape.batch, batches)))
+    out.put(("ready", seed, 0.0))
+    while (r := orders.get()) is not None:
+        go.wait()  # both runs of the pair start the round together
+        out.put((r, seed, time_batches(parts, task, shape.batch, batches)))
 
 
 def paired_epoch_times(shape: Shape, methods: list[str], batches: int, rounds: int,
@@ -142,23 +142,39 @@ def paired_epoch_times(shape: Shape, methods: list[str], batches: int, rounds: i
     """Per method, wall seconds for two runs of it (seeds 42 and 123) to each finish an epoch
     side by side, as an audit with ``workers = 2`` trains them: each in its own process with
     one intra-op thread. Same-method pairs finish together, so the wall time (the slower of
-    the two) is the pair's throughput, with no tail where one run trains alone."""
+    the two) is the pair's throughput, with no tail where one run trains alone.
+
+    Every pair's processes start first and wait; the rounds then go method by method, in
+    reverse order every other round, so a burst of load from elsewhere hits them alike."""
     ctx = mp.get_context("spawn")
-    out: dict[str, list[float]] = {}
+    pairs = {}
     for method in methods:
-        go, results = ctx.Barrier(2), ctx.Queue()
-        children = [ctx.Process(target=_paired_child, args=(shape, method, seed, batches, rounds, precision, go,
-                                                                     results))
-                    for seed in (42, 123)]
-        for c in children:
-            c.start()
-        got: dict[int, list[float]] = {}
-        for _ in range(2 * rounds):
-            _, r, seconds = results.get(timeout=600)
-            got.setdefault(r, []).append(seconds)
-        for c in children:
-            c.join()
-            if c.exitcode != 0:
-                raise RuntimeError(f"paired timing child for {method} exited with code {c.exitcode}")
-        out[method] = [max(got[r]) * shape.steps / batches for r in range(rounds)]
-    return out
+        go, out = ctx.Barrier(2), ctx.Queue()
+        orders = [ctx.Queue(), ctx.Queue()]
+        procs = [ctx.Process(target=_paired_child, daemon=True,
+                             args=(shape, method, seed, batches, precision, q, go, out))
+                 for seed, q in zip((42, 123), orders)]
+        for proc in procs:
+            proc.start()
+        pairs[method] = (procs, orders, out, go)  # go kept here: a dropped Barrier unlinks its semaphores
+    try:
+        for procs, _, out, _ in pairs.values():
+            for _ in procs:
+                out.get(timeout=600)  # "ready": built and warmed up
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        for r in range(rounds):
+            for method in methods if r % 2 == 0 else methods[::-1]:
+                procs, orders, out, _ = pairs[method]
+                for q in orders:
+                    q.put(r)
+                seconds = [out.get(timeout=600)[2] for _ in procs]
+                times[method].append(max(seconds) * shape.steps / batches)
+        return times
+    finally:
+        for procs, orders, _, _ in pairs.values():
+            for q in orders:
+                q.put(None)
+            for proc in procs:
+                proc.join(timeout=30)
+                if proc.is_alive():
+                    proc.kill()
