@@ -230,7 +230,8 @@ def evaluate_accuracy(model: Auditable, batches, seen: tuple[Tensor, Tensor] | N
     model.eval()  # type: ignore[attr-defined]
     correct = loss = None
     count = 0
-    for xb, yb in itertools.chain([(None, seen[1])] if seen is not None else [], batches):  # lazily: one batch at a time
+    # lazily: one prepared batch at a time
+    for xb, yb in itertools.chain([(None, seen[1])] if seen is not None else [], batches):
         logits = seen[0] if xb is None else model(xb)  # type: ignore[operator]
         c = (logits.argmax(1) == yb).sum()
         l_ = F.cross_entropy(logits.float(), yb, reduction="sum")
