@@ -171,6 +171,9 @@ class FaevalApp(App[None]):
     # ---- redraw ------------------------------------------------------------------
     def flush(self) -> None:
         """Redraw what changed since the last call (called on a timer)."""
+        if not self.is_running:
+            # the timer can tick while shutdown is pruning the screens: nothing left to draw
+            return
         st = self.state
         seen_version, seen_epochs, seen_sel = self._seen
         if st.version != seen_version:

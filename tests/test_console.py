@@ -247,3 +247,23 @@ async def test_help_lists_every_key(tmp_path: Path) -> None:
         for key, what in [("i", "Inspect"), ("p", "Rerun"), ("v", "Verdicts"), ("e", "Export"), ("q", "Quit"),
                           ("←", "Earlier"), ("[", "Prev run"), ("ctrl+s", "Start reruns")]:
             assert any(line.split()[:1] == [key] and what in line for line in text.splitlines()), (key, what)
+
+
+async def test_a_redraw_tick_during_shutdown_draws_nothing(tmp_path: Path) -> None:
+    """The redraw timer can fire while shutdown prunes the screens (seen in CI as NoMatches: RunTable)."""
+    ticks: list[int] = []
+
+    class TickDuringShutdown(FaevalApp):
+        CSS_PATH = Path(sys.modules[FaevalApp.__module__].__file__).with_name(FaevalApp.CSS_PATH)
+
+        async def _close_all(self) -> None:
+            await super()._close_all()  # every screen and widget is gone now
+            self.state.version += 1  # something changed since the last redraw
+            self.flush()
+            ticks.append(self.state.version)
+
+    app = TickDuringShutdown(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert len(app.query_one(RunTable).rows) > 0
+    assert app.return_code in (0, None) and len(ticks) == 1
