@@ -3,7 +3,8 @@
     <runs-dir>/<audit>/
         config.yaml              the resolved preset (defaults ← YAML ← --set)
         audit.lock               held by the process that trains (``watch`` never takes it)
-        <run_id>/records.jsonl   header line, one line per epoch, an end line
+        <run_id>/records.jsonl   header line, a start line each time training (re)starts,
+                                 one line per epoch, an end line
         <run_id>/checkpoint.pt   model, optimizer, scheduler, RNG states, method state (B's)
 
 Records are JSON with non-finite floats written as the strings "NaN", "Infinity" and
@@ -30,6 +31,8 @@ RECORDS = "records.jsonl"
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+# epoch-record fields that differ between two runs of the same seed: wall-clock readings
+VOLATILE = frozenset({"train_s", "diag_s", "time"})
 
 
 def encode(obj: Any) -> Any:
@@ -133,6 +136,7 @@ class RunLog:
     header: dict[str, Any] | None = None
     epochs: list[dict[str, Any]] = field(default_factory=list)
     end: dict[str, Any] | None = None
+    started: bool = False  # training began at least once (a start line, or an epoch in older files)
 
     def add(self, rec: dict[str, Any]) -> None:
         kind = rec.get("type")
@@ -141,10 +145,12 @@ class RunLog:
         elif kind == "epoch":
             # a resumed run may re-append an epoch after a crash: the later line wins
             self.epochs = [e for e in self.epochs if e["epoch"] < rec["epoch"]] + [rec]
+            self.started = True
         elif kind == "end":
             self.end = rec
-        elif kind == "resume":
+        elif kind in ("start", "resume"):  # "resume": the name files of before 2026-11-22 use
             self.end = None
+            self.started = True
 
     @property
     def method(self) -> str:
@@ -168,9 +174,12 @@ class RunLog:
         return self.end is None or self.end["status"] in ("stopped", "failed")
 
     def status(self, live: bool) -> str:
-        """finished / diverged / failed / stopped from the end line; else running or stopped."""
+        """finished / diverged / failed / stopped from the end line; without one, a run that
+        never started is queued (while the audit trains) or not started, else running or stopped."""
         if self.end is not None:
             return self.end["status"]
+        if not self.started:
+            return "queued" if live else "not started"
         return "running" if live else "stopped"
 
 

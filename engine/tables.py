@@ -129,6 +129,8 @@ class RunView:
             return "finished"
         if self.status == "running":
             return f"running, {of}"
+        if self.status in ("queued", "not started"):
+            return self.status
         message = (self.log.end or {}).get("message", "")
         return f"{self.status} at {of}" + (f": {message[:80]}" if self.status == "failed" and message else "")
 

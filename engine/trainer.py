@@ -188,9 +188,9 @@ def train_run(audit: "Audit", spec: "RunSpec", task: TaskData, device: torch.dev
             header = make_header(cfg, spec)
             writer.append(header)
         else:
-            header = previous.header
-            if parts.epoch or previous.epochs or previous.end:
-                writer.append({"type": "resume", "epoch": parts.epoch, "time": now_iso()})
+            header = previous.header  # written earlier by this trainer, or by Audit.add_run when queued
+        # every (re)start says so: readers tell a queued run from a running one, and see resumes
+        writer.append({"type": "start", "epoch": parts.epoch, "time": now_iso()})
         history = [e for e in (previous.epochs if previous else []) if e["epoch"] <= parts.epoch]
         listener(RunStarted(spec.run_id, header, parts.epoch))
         while parts.epoch < cfg.epochs:
@@ -210,6 +210,7 @@ def train_run(audit: "Audit", spec: "RunSpec", task: TaskData, device: torch.dev
             rec, _ = epoch_record(parts, cfg, task, train_loss, epoch, spec.seed,
                                   baseline_acc=audit.baseline_acc(spec, epoch), train_s=train_s)
             alerts = new_alerts(spec.run_id, history, rec, cfg.thresholds)
+            rec["time"] = now_iso()  # when it was written: watch orders a history's alerts by it
             writer.append(rec)
             parts.epoch = epoch
             bad = _nonfinite(rec)

@@ -6,8 +6,9 @@ widget: the app posts what they produce as messages and redraws on a timer.
 """
 from __future__ import annotations
 
+import heapq
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from engine.audit import Audit, AuditRunner, RunSpec
 from engine.config import AuditConfig
@@ -25,6 +26,7 @@ class FileFeed:
         self.audit = audit
         self.state = state
         self.readers: dict[str, RecordReader] = {}
+        self._when: dict[str, str] = {}  # per run: the time of its last line read (ISO 8601, UTC)
         for spec in audit.planned():
             state.add_spec(spec)
 
@@ -37,11 +39,24 @@ class FileFeed:
                     self.readers[run_dir.name] = RecordReader(run_dir / RECORDS)
         except OSError:
             pass  # the directory is being changed under us: the next poll sees it whole
-        for run_id, reader in self.readers.items():
-            for rec in reader.poll():
-                alerts += self.state.ingest_line(run_id, rec)
+        fresh = [self._timed(run_id, reader.poll()) for run_id, reader in self.readers.items()]
+        # one time line over all runs (each run's own order kept), so a history's alerts come
+        # oldest first, as they would have live
+        for _, run_id, rec in heapq.merge(*fresh, key=lambda item: item[0]):
+            alerts += self.state.ingest_line(run_id, rec)
         self.state.set_live(self.audit.is_live())
         return alerts
+
+    def _timed(self, run_id: str, lines: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+        """(when, run, line): a line without a time (headers, epochs of older files) takes the
+        last time its run showed, so the merge never reorders a run's own lines."""
+        when = self._when.get(run_id, "")
+        out = []
+        for rec in lines:
+            when = str(rec.get("time") or rec.get("created") or when)
+            out.append((when, run_id, rec))
+        self._when[run_id] = when
+        return out
 
 
 class LiveFeed:

@@ -16,9 +16,11 @@ STATUS_STYLE = {"running": "bold", "finished": "", "queued": "dim", "not started
 
 def badge(view: RunView) -> Text:
     """The live verdict badge: the engine's label for the records so far."""
-    label = view.verdict.label
-    if label.startswith("WALKED BACK"):
-        return Text(label, style="bold red")
+    v = view.verdict
+    label = v.label
+    if v.walked_back:
+        # "WALKED BACK (a)(b)(d)": the engine's label without "via" and "+", so the table fits 80 columns
+        return Text("WALKED BACK " + "".join(f"({k})" for k in v.fired), style="bold red")
     if label == "TRUSTWORTHY":
         text = Text(label, style="green")
         if view.alerts:  # it was walked back at some epoch; the final verdict reads the last one

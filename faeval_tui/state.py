@@ -64,11 +64,7 @@ class RunView:
         return self.log.epochs[-1]["epoch"] if self.log.epochs else 0
 
     def status(self, live: bool) -> str:
-        if self.queued:
-            return "queued"
-        if self.log.header is None:
-            return "queued" if live else "not started"
-        return self.log.status(live)
+        return "queued" if self.queued else self.log.status(live)
 
 
 class AuditState:
@@ -133,8 +129,8 @@ class AuditState:
             return []
         if isinstance(event, RunStarted):
             view = self._view(event.run_id, event.header)
-            view.log.header = event.header
-            view.log.end = None
+            view.log.add(event.header)
+            view.log.add({"type": "start", "epoch": event.resumed_from})  # the line the trainer wrote
             view.started, view.queued = True, False
             view.progress = (event.resumed_from + 1, 0, 1)
         elif isinstance(event, EpochDone):
@@ -161,17 +157,13 @@ class AuditState:
     def ingest_line(self, run_id: str, rec: dict[str, Any]) -> list[Alert]:
         """One line of a run's records.jsonl, turned into the event training would have sent."""
         kind = rec.get("type")
-        if kind == "header":
-            return self.apply(RunStarted(run_id, rec, 0))
-        view = self._view(run_id)
+        view = self._view(run_id, rec if kind == "header" else None)
         if kind == "epoch":
             earlier = [e for e in view.log.epochs if e["epoch"] < rec["epoch"]]
             return self.apply(EpochDone(run_id, rec, new_alerts(run_id, earlier, rec, self.cfg.thresholds)))
+        view.log.add(rec)  # header, start (or the older "resume"), end
         if kind == "end":
-            view.log.add(rec)
             view.progress = None
-        elif kind == "resume":
-            view.log.add(rec)
         self.version += 1
         return []
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
@@ -22,6 +23,17 @@ def current_tables(state: AuditState) -> list[tables.Table]:
     return tables.audit_tables(runs, state.cfg)
 
 
+# headers that name a row: they stay on screen while a wide table scrolls sideways (←/→)
+ROW_KEYS = ("method", "run", "λ", "layer", "diagnostic")
+
+
+def key_columns(headers: list[str]) -> int:
+    n = 0
+    while n < len(headers) and headers[n] in ROW_KEYS:
+        n += 1
+    return n
+
+
 def cell(text: str) -> Text:
     style = "bold red" if text.startswith("WALKED BACK") else ("green" if text.startswith("TRUSTWORTHY") else "")
     return Text(text, style=style)
@@ -30,7 +42,10 @@ def cell(text: str) -> Text:
 class VerdictScreen(Screen):
     """Audit table, per-layer table, penalty sweep, strategies and threshold sensitivity."""
 
-    BINDINGS = [("e", "app.export", "Export markdown"), ("escape,v", "app.pop_screen", "Back")]
+    BINDINGS = [("e", "app.export", "Export markdown"), ("escape,v", "app.pop_screen", "Back"),
+                # priority: the page's scroll container would take ←/→ for itself and has nothing to scroll
+                Binding("right", "sideways(1)", "Columns", key_display="←→", priority=True),
+                Binding("left", "sideways(-1)", "Columns back", show=False, priority=True)]
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="verdicts"):
@@ -43,11 +58,27 @@ class VerdictScreen(Screen):
     def on_mount(self) -> None:
         self.refresh_data()
 
+    def action_sideways(self, direction: int) -> None:
+        """Scroll every table sideways by one column; each keeps its row-naming columns in
+        place and shows whole columns beside them."""
+        for grid in self.query(DataTable):
+            widths = [c.get_render_width(grid) for c in grid.ordered_columns]
+            fixed = sum(widths[:grid.fixed_columns])
+            # scroll offsets that put a column's left edge right after the fixed ones
+            stops = [sum(widths[:j]) - fixed for j in range(grid.fixed_columns, len(widths))]
+            x = grid.scroll_x
+            if direction > 0:
+                x = next((s for s in stops if s > x), x)
+            else:
+                x = max((s for s in stops if s < x), default=0)
+            grid.scroll_to(x=min(x, grid.max_scroll_x), animate=False)
+
     def refresh_data(self) -> None:
         for t in current_tables(self.app.state):  # type: ignore[attr-defined]
             grid = self.query_one(f"#table-{t.key}", DataTable)
             grid.clear(columns=True)
             grid.add_columns(*t.headers)
+            grid.fixed_columns = key_columns(t.headers)
             for row in t.rows:
                 grid.add_row(*(cell(c) for c in row))
             notes = "\n".join(t.notes) if t.rows else "no run has an epoch record yet"

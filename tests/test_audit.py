@@ -13,12 +13,12 @@ from engine import Audit, AuditRunner, load_config
 from engine.diagnostics import make_probe
 from engine.trainer import RunParts, load_checkpoint
 from engine.data import load_task
+from engine.runstore import VOLATILE
 from faeval_tui.cli import app
 
 TINY = ["epochs=2", "d=16", "synthetic.n_train=512", "synthetic.n_test=1024", "diagnostics.rho_directions=4",
         "seeds=[42]"]
 
-VOLATILE = {"train_s", "diag_s"}  # wall-clock timings
 
 
 def run_audit(tmp_path, sets):

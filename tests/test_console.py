@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Static
 
-from engine.audit import Audit
+from engine.audit import Audit, AuditLock, RunSpec
 from engine.config import load_config
 from engine.runstore import RECORDS, read_run
 from faeval_tui.app import REPORT, FaevalApp
 from faeval_tui.dialogs import ErrorScreen, QuitDialog, RerunDialog, ResumeDialog
 from faeval_tui.inspector import InspectorScreen
-from faeval_tui.runlist import AlertLog, RunTable
+from faeval_tui.feeds import FileFeed
+from faeval_tui.runlist import AlertLog, RunTable, row
+from faeval_tui.state import AuditState
 from faeval_tui.verdict_view import VerdictScreen
 
 from tests.test_console_fixtures import TINY, write_fixture_audit
@@ -61,7 +63,7 @@ async def test_launch_trains_every_run_and_an_alert_walks_a_run_back(tmp_path: P
         # (a) fires at epoch 1 for every run: one alert each, from the engine's text
         first = {a.run_id: a for a in app.state.alerts if a.diagnostic == "a"}
         assert set(first) == {"frozen-s42", "dfa-s42"} and all(a.epoch == 1 for a in first.values())
-        assert cell(app, "dfa-s42", "verdict").startswith("WALKED BACK via (a)")
+        assert cell(app, "dfa-s42", "verdict").startswith("WALKED BACK (a)")
         assert cell(app, "dfa-s42", "epoch") == "2/2"
         log_text = "\n".join(str(line.text) for line in app.query_one(AlertLog).lines)
         assert "WALK BACK dfa-s42: (a) scale stability fired at epoch 1" in log_text
@@ -223,7 +225,8 @@ async def test_quit_asks_stops_runs_and_a_later_launch_resumes_them(tmp_path: Pa
         await pilot.press("q", "y")
         await until(pilot, lambda: again.training.is_finished, timeout=30)
     resumed = [json.loads(line) for line in (audit_dir / "frozen-s42" / RECORDS).read_text().splitlines()]
-    assert any(r["type"] == "resume" and r["epoch"] == kept for r in resumed)
+    starts = [r["epoch"] for r in resumed if r["type"] == "start"]
+    assert starts == [0, kept]  # the first start, then the resume from the kept checkpoint
 
 
 async def test_missing_dataset_is_explained_not_a_traceback(tmp_path: Path) -> None:
@@ -245,7 +248,7 @@ async def test_help_lists_every_key(tmp_path: Path) -> None:
         await pilot.pause()
         text = _plain(app.screen.query_one("#keys", Static))
         for key, what in [("i", "Inspect"), ("p", "Rerun"), ("v", "Verdicts"), ("e", "Export"), ("q", "Quit"),
-                          ("←", "Earlier"), ("[", "Prev run"), ("ctrl+s", "Start reruns")]:
+                          ("←", "Earlier"), ("[", "Prev run"), ("ctrl+s", "Start reruns"), ("→", "Columns")]:
             assert any(line.split()[:1] == [key] and what in line for line in text.splitlines()), (key, what)
 
 
@@ -267,3 +270,65 @@ async def test_a_redraw_tick_during_shutdown_draws_nothing(tmp_path: Path) -> No
         await pilot.pause()
         assert len(app.query_one(RunTable).rows) > 0
     assert app.return_code in (0, None) and len(ticks) == 1
+
+
+def _watched(audit: Audit) -> AuditState:
+    state = AuditState(audit.path, audit.cfg, read_only=True)
+    FileFeed(audit, state).poll()
+    return state
+
+
+def test_watch_shows_a_queued_rerun_as_queued_until_its_start_line(tmp_path: Path) -> None:
+    audit = Audit.open(write_fixture_audit(tmp_path / "a"))
+    audit.add_run(RunSpec("fa-lam0.1-s42", "fa", 42, 0.1, "fa-s42"))  # what the console's rerun key does
+    with AuditLock(audit.path):  # another process trains the audit
+        state = _watched(audit)
+        assert row(state, state.runs["fa-lam0.1-s42"])[4].plain == "queued"  # the status column
+        with open(audit.run_dir("fa-lam0.1-s42") / RECORDS, "a") as fh:
+            fh.write(json.dumps({"type": "start", "epoch": 0, "time": "2026-11-22T03:00:00+00:00"}) + "\n")
+        state = _watched(audit)
+        assert row(state, state.runs["fa-lam0.1-s42"])[4].plain == "running"
+    state = _watched(audit)  # nobody trains it any more
+    assert row(state, state.runs["fa-lam0.1-s42"])[4].plain == "stopped"
+
+
+def test_watch_lists_a_finished_audits_alerts_in_the_order_they_fired(tmp_path: Path) -> None:
+    path = write_fixture_audit(tmp_path / "a")
+    runs_of = lambda alerts: [a.run_id for a in alerts if a.run_id in ("dfa-s42", "fa-s42")]  # noqa: E731
+    before = runs_of(_watched(Audit.open(path)).alerts)
+    assert before[0] == "fa-s42" and "dfa-s42" in before  # files without times: the plan's order
+    # the dfa run trained first, the fa run an hour later, as their epoch lines' times say
+    for rid, hour in (("dfa-s42", 0), ("fa-s42", 1)):
+        f = path / rid / RECORDS
+        lines = [json.loads(x) for x in f.read_text().splitlines()]
+        for rec in lines:
+            if rec["type"] == "epoch":
+                rec["time"] = f"2026-01-01T0{hour}:0{rec['epoch']}:00+00:00"
+        f.write_text("".join(json.dumps(rec) + "\n" for rec in lines))
+    after = runs_of(_watched(Audit.open(path)).alerts)
+    assert sorted(after) == sorted(before) and after == sorted(after, key=lambda rid: rid != "dfa-s42")
+    assert after[0] == "dfa-s42"
+
+
+async def test_wide_verdict_tables_scroll_sideways_a_column_at_a_time_keeping_their_row_names(tmp_path: Path) -> None:
+    app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("v")
+        await pilot.pause()
+        grid = app.screen.query_one("#table-audit", DataTable)
+        layers = app.screen.query_one("#table-layers", DataTable)
+        assert (grid.fixed_columns, layers.fixed_columns) == (2, 3)  # method, λ (and layer) stay in view
+        assert grid.max_scroll_x > 0  # 15 columns do not fit 80
+        widths = [c.get_render_width(grid) for c in grid.ordered_columns]
+        await pilot.press("right")
+        await pilot.pause()
+        assert grid.scroll_x == widths[2]  # "n" scrolled away whole: "status" now sits beside "λ"
+        await pilot.press("right", "right")
+        await pilot.pause()
+        assert grid.scroll_x == sum(widths[2:5])
+        await pilot.press("left")
+        await pilot.pause()
+        assert grid.scroll_x == sum(widths[2:4])
+        await pilot.press("left", "left")
+        await pilot.pause()
+        assert grid.scroll_x == 0 and layers.scroll_x == 0

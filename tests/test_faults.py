@@ -22,12 +22,11 @@ from engine.errors import StoreError
 from engine.methods import register_method
 from engine.methods.bp import Backprop
 from engine.report import export_json
-from engine.runstore import atomic_write_bytes
+from engine.runstore import VOLATILE, atomic_write_bytes
 from faeval_tui.cli import app
 
 TINY = ["epochs=3", "d=16", "synthetic.n_train=512", "synthetic.n_test=1024", "diagnostics.rho_directions=4",
         "seeds=[42]"]
-VOLATILE = {"train_s", "diag_s"}
 cli = CliRunner()
 
 

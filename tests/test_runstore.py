@@ -47,3 +47,15 @@ def test_status_comes_from_the_end_line():
     log = RunLog("r")
     log.add({"type": "end", "status": "diverged"})
     assert log.status(live=True) == "diverged"
+
+
+def test_a_run_reads_queued_until_its_start_line_then_running():
+    log = RunLog("r")
+    log.add({"type": "header", "run_id": "r"})  # Audit.add_run queues a rerun with its header alone
+    assert (log.status(live=True), log.status(live=False)) == ("queued", "not started") and log.unfinished
+    log.add({"type": "start", "epoch": 0, "time": "2026-11-22T03:00:00+00:00"})
+    assert (log.status(live=True), log.status(live=False)) == ("running", "stopped")
+    log.add({"type": "end", "status": "stopped", "epoch": 0})
+    assert log.status(live=True) == "stopped"
+    log.add({"type": "start", "epoch": 0})  # resumed: the end line no longer holds
+    assert log.end is None and log.status(live=True) == "running"

@@ -14,10 +14,10 @@ from engine import Audit, AuditRunner, load_config
 from engine.events import EpochDone, RunEnded, RunStarted
 from engine.methods import register_method
 from engine.methods.base import Method, Probe
+from engine.runstore import VOLATILE
 
 TINY = ["epochs=3", "d=16", "synthetic.n_train=1024", "synthetic.n_test=1024", "diagnostics.rho_directions=4",
         "seeds=[42]"]
-VOLATILE = {"train_s", "diag_s"}
 
 
 def stable(records):
