@@ -46,7 +46,8 @@ def test_audit_directory_layout_and_checkpoint_contents(tmp_path):
     assert (audit.path / "config.yaml").is_file()
     lines = (audit.path / "dfa-s42" / "records.jsonl").read_text().splitlines()
     kinds = [json.loads(l)["type"] for l in lines]
-    assert kinds == ["header", "epoch", "epoch", "end"]
+    assert kinds == ["header", "start", "epoch", "epoch", "end"]
+    assert json.loads(lines[1])["epoch"] == 0 and all("time" in json.loads(x) for x in lines[1:])
     header = json.loads(lines[0])
     assert header["schema"] == 1 and header["method"] == "dfa" and header["config"]["d"] == 16
     state = load_checkpoint(audit.path / "dfa-s42" / "checkpoint.pt")
@@ -150,8 +151,9 @@ def test_a_queued_rerun_is_on_disk_before_it_starts_and_resumes_later(tmp_path):
     assert rid in [s.run_id for s in Audit.open(audit.path).planned()]
     log = audit.log(rid)
     assert log.header["parent"] == "bp-s42" and log.header["penalty"] == 0.01 and log.unfinished
+    assert log.status(live=False) == "not started" and log.status(live=True) == "queued"
     runner = AuditRunner(Audit.open(audit.path))
     assert rid in [s.run_id for s in runner.submit_unfinished()]
     assert runner.run()[rid] == "finished"
     kinds = [json.loads(l)["type"] for l in (audit.path / rid / "records.jsonl").read_text().splitlines()]
-    assert kinds == ["header", "epoch", "end"]
+    assert kinds == ["header", "start", "epoch", "end"]  # queued: the header alone; then started

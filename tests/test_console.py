@@ -296,9 +296,9 @@ def test_watch_lists_a_finished_audits_alerts_in_the_order_they_fired(tmp_path: 
     path = write_fixture_audit(tmp_path / "a")
     runs_of = lambda alerts: [a.run_id for a in alerts if a.run_id in ("dfa-s42", "fa-s42")]  # noqa: E731
     before = runs_of(_watched(Audit.open(path)).alerts)
-    assert before[0] == "fa-s42" and "dfa-s42" in before  # files without times: the plan's order
-    # the dfa run trained first, the fa run an hour later, as their epoch lines' times say
-    for rid, hour in (("dfa-s42", 0), ("fa-s42", 1)):
+    assert before[0] == "dfa-s42" and "fa-s42" in before  # epoch lines without times: directory order
+    # the fa run trained first, the dfa run an hour later, as their epoch lines' times say
+    for rid, hour in (("fa-s42", 0), ("dfa-s42", 1)):
         f = path / rid / RECORDS
         lines = [json.loads(x) for x in f.read_text().splitlines()]
         for rec in lines:
@@ -306,8 +306,8 @@ def test_watch_lists_a_finished_audits_alerts_in_the_order_they_fired(tmp_path: 
                 rec["time"] = f"2026-01-01T0{hour}:0{rec['epoch']}:00+00:00"
         f.write_text("".join(json.dumps(rec) + "\n" for rec in lines))
     after = runs_of(_watched(Audit.open(path)).alerts)
-    assert sorted(after) == sorted(before) and after == sorted(after, key=lambda rid: rid != "dfa-s42")
-    assert after[0] == "dfa-s42"
+    assert sorted(after) == sorted(before) and after == sorted(after, key=lambda rid: rid != "fa-s42")
+    assert after[0] == "fa-s42"
 
 
 async def test_wide_verdict_tables_scroll_sideways_a_column_at_a_time_keeping_their_row_names(tmp_path: Path) -> None:

@@ -77,6 +77,6 @@ def write_fixture_audit(path: Path) -> Path:
     write_config(path, cfg.dump())
     for rid, (header, recs, end) in runs(cfg.thresholds).items():
         (path / rid).mkdir(exist_ok=True)
-        lines = [header, *recs] + ([end] if end else [])
+        lines = [header, {"type": "start", "epoch": 0, "time": FIXTURE_TIME}, *recs] + ([end] if end else [])
         (path / rid / RECORDS).write_text("".join(dumps(r) + "\n" for r in lines), encoding="utf-8")
     return path

@@ -150,7 +150,7 @@ def test_full_disk_fails_the_run_cleanly_and_resume_finishes_it(tmp_path, monkey
 
     def fsync(fd):
         calls["n"] += 1
-        if calls["n"] > 3:  # header, epoch 1, checkpoint 1 succeed; then the disk is full
+        if calls["n"] > 4:  # header, start line, epoch 1, checkpoint 1 succeed; then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 

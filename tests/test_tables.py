@@ -49,6 +49,7 @@ def write_audit(root: Path, cfg: AuditConfig, runs: dict, name: str = "golden") 
         w.append({"type": "header", "schema": 1, "run_id": rid, "method": method, "seed": seed, "penalty": lam,
                   "parent": f"{method}-s{seed}" if lam else None, "epochs": cfg.epochs, "dataset": "synthetic",
                   "device": "cpu", "started": "2026-01-01T00:00:00+00:00", "config": cfg.dump()})
+        w.append({"type": "start", "epoch": 0, "time": "2026-01-01T00:00:00+00:00"})
         for r in recs:
             w.append(evaluate(r, cfg.thresholds))
         if end:
