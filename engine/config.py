@@ -98,7 +98,8 @@ class AuditConfig(_Strict):
     penalty_methods: list[str] = Field(default_factory=lambda: ["fa", "dfa"])
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="training steps in float32, or bfloat16 autocast (every measurement stays float32)")
+        "fp32", description="training steps in float32, or bfloat16 autocast (every measurement stays float32; "
+                            "a verdict on a threshold's edge can differ from float32's)")
     workers: int = Field(1, ge=1, le=64, description="runs trained at the same time")
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     thresholds: Thresholds = Thresholds()
