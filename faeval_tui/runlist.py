@@ -29,8 +29,8 @@ def badge(view: RunView) -> Text:
     return Text(label, style="dim")
 
 
-def epoch_cell(view: RunView) -> str:
-    total = view.log.total_epochs or "?"
+def epoch_cell(view: RunView, epochs: int) -> str:
+    total = view.log.total_epochs or epochs  # a run not started yet has no header: the audit's length
     cell = f"{view.last_epoch}/{total}"
     if view.progress and view.progress[2]:
         cell += f" {100 * view.progress[1] // view.progress[2]:>2}%"
@@ -42,7 +42,7 @@ def row(state: AuditState, view: RunView) -> list[Text | str]:
     indent = "  " * state.depth(view) + ("↳ " if view.spec.parent else "")
     return [Text(view.marker, style=f"bold color({view.color})"), indent + view.spec.method, str(view.spec.seed),
             f"{view.spec.penalty:g}" if view.spec.penalty else "—", Text(status, style=STATUS_STYLE.get(status, "")),
-            epoch_cell(view), badge(view)]
+            epoch_cell(view, state.cfg.epochs), badge(view)]
 
 
 class RunTable(DataTable):

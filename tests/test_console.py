@@ -284,6 +284,9 @@ def test_watch_shows_a_queued_rerun_as_queued_until_its_start_line(tmp_path: Pat
     with AuditLock(audit.path):  # another process trains the audit
         state = _watched(audit)
         assert row(state, state.runs["fa-lam0.1-s42"])[4].plain == "queued"  # the status column
+        assert row(state, state.runs["fa-lam0.1-s42"])[5] == "0/5"
+        planned = state.add_spec(RunSpec("bp-s7", "bp", 7, 0.0, None), queued=True)  # no run directory yet
+        assert row(state, planned)[4].plain == "queued" and row(state, planned)[5] == "0/5"
         with open(audit.run_dir("fa-lam0.1-s42") / RECORDS, "a") as fh:
             fh.write(json.dumps({"type": "start", "epoch": 0, "time": "2026-11-22T03:00:00+00:00"}) + "\n")
         state = _watched(audit)
