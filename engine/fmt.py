@@ -24,3 +24,12 @@ def num(v: float | None) -> str:
         return f"{v:.{digits - 1}f}" if digits and abs(float(text)) >= 10 ** (math.floor(math.log10(a)) + 1) else text
     mantissa, exp = f"{v:.2e}".split("e")
     return f"{mantissa}e{int(exp)}"
+
+
+def duration(seconds: float) -> str:
+    """A wall-clock span as people read it: 45 s, 12 min, 1 h 05 min."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    m = round(s / 60)
+    return f"{m} min" if m < 60 else f"{m // 60} h {m % 60:02d} min"

@@ -19,7 +19,9 @@ from textual.worker import Worker, WorkerState
 from engine.audit import Audit, RunSpec, run_id
 from engine.config import AuditConfig
 from engine.errors import FaevalError
+from engine.eta import remaining_seconds
 from engine.events import Event
+from engine.fmt import duration
 from engine.markdown import render_markdown
 from engine.runstore import atomic_write_bytes
 from engine.verdicts import Alert
@@ -85,6 +87,7 @@ class FaevalApp(App[None]):
         self.file_feed: FileFeed | None = None
         self.training: Worker | None = None
         self.selected: str | None = None
+        self.mode = "starting"  # the subtitle's first word: live, resumed, watch (read-only), not training
         self._seen = (-1, -1, None)  # state version, epoch version, selection last drawn
         self._alerts_shown = 0
 
@@ -102,7 +105,7 @@ class FaevalApp(App[None]):
     def on_mount(self) -> None:
         self.query_one(RunTable).focus()
         if self.watching is not None:
-            self.sub_title = f"watch (read-only) · {self.watching.path.name}"
+            self.mode = "watch (read-only)"
             self.file_feed = FileFeed(self.watching, self.state)
             self.file_feed.poll()  # the history: into the alert log, no toasts
             self.set_interval(self.poll_s, self._poll_files)
@@ -130,7 +133,7 @@ class FaevalApp(App[None]):
         for spec in self.live_feed.submit_unfinished():
             self.state.add_spec(spec, queued=True)
         self.state.set_live(True)
-        self.sub_title = f"{'resumed' if resume else 'live'} · {audit.path.name}"
+        self.mode = "resumed" if resume else "live"
         self.training = self._train()
         self.flush()
 
@@ -150,7 +153,7 @@ class FaevalApp(App[None]):
     def on_training_failed(self, message: TrainingFailed) -> None:
         self.state.error = message.error.problem
         self.state.set_live(False)
-        self.sub_title = f"not training · {self.state.path.name}"
+        self.mode = "not training"
         self.push_screen(ErrorScreen("Training cannot start", message.error))
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -193,7 +196,20 @@ class FaevalApp(App[None]):
             refresh = getattr(self.screen, "refresh_data", None)
             if refresh is not None and self.screen is not self.screen_stack[0]:
                 refresh()
+        if st.version != seen_version:
+            self.sub_title = self._subtitle()
         self._seen = (st.version, st.epoch_version, self.selected)
+
+    def _subtitle(self) -> str:
+        """Mode and audit, and while runs train, when the last verdict should be in."""
+        st = self.state
+        text = self.mode
+        if st.live:
+            runs = [(v.spec.method, v.log, v.status(True)) for v in st.ordered()]
+            left = remaining_seconds(runs, st.cfg.workers, st.cfg.epochs)
+            if left:
+                text += f" · about {duration(left)} left"  # before the name: 80 columns cut the end
+        return f"{text} · {st.path.name}"
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key is not None:

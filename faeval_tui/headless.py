@@ -12,7 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from engine.audit import Audit, AuditRunner
 from engine.data import TaskData
+from engine.eta import remaining_seconds
 from engine.events import BatchProgress, EpochDone, Event, RunEnded, RunStarted
+from engine.fmt import duration
 from engine.verdicts import verdict
 
 
@@ -20,6 +22,17 @@ def _line(run_id: str, rec: dict[str, Any]) -> str:
     fired = ",".join(rec["fired"]) or "-"
     return (f"{run_id:<22} epoch {rec['epoch']:>3}  acc {rec['test_acc']:.4f}  growth {rec['growth']:.3g}  "
             f"g_L {rec['g_L']:.2e}  stab {rec['stability']:+.2f}  Γ {rec['gamma']:+.3f}  fired {fired}")
+
+
+def _time_left(audit: Audit) -> str:
+    """'5 of 12 runs ended · about 31 min left', from the records on disk (this process
+    holds the audit's lock, so a run without an end line is running or queued)."""
+    runs = [(spec.method, audit.log(spec.run_id)) for spec in audit.planned()]
+    ended = sum(log.end is not None for _, log in runs)
+    left = remaining_seconds([(m, log, log.status(True)) for m, log in runs], audit.cfg.workers, audit.cfg.epochs)
+    if not left:
+        return ""
+    return f"{ended} of {len(runs)} runs ended · about {duration(left)} left"
 
 
 def run_headless(audit: Audit, task: TaskData | None = None) -> dict[str, str]:
@@ -55,12 +68,17 @@ def run_headless(audit: Audit, task: TaskData | None = None) -> dict[str, str]:
                         print(f"WALK BACK {alert.text}", flush=True)
             elif isinstance(event, RunEnded):
                 msg = f"{event.run_id:<22} {event.status}" + (f": {event.message}" if event.message else "")
+                left = _time_left(audit)
                 if progress is not None:
                     progress.update(tasks[event.run_id], status=event.status)
                     if event.status != "finished":
                         progress.console.print(msg)
+                    if left:
+                        progress.console.print(left)
                 else:
                     print(msg, flush=True)
+                    if left:
+                        print(left, flush=True)
             elif isinstance(event, BatchProgress) and progress is not None:
                 progress.update(tasks[event.run_id], completed=event.epoch - 1 + event.batch / event.batches)
 

@@ -102,6 +102,9 @@ def test_cli_run_then_export_json(tmp_path):
     res = runner.invoke(app, ["run", "--runs-dir", str(tmp_path)] + sum((["--set", s] for s in TINY), []))
     assert res.exit_code == 0, res.output
     audit_dir = res.output.strip().splitlines()[-1]
+    # after each run but the last, how long the rest should take, from the epochs measured so far
+    eta = [line for line in res.output.splitlines() if "runs ended · about" in line]
+    assert [line.split()[:3] for line in eta] == [["1", "of", "4"], ["2", "of", "4"], ["3", "of", "4"]], res.output
     res = runner.invoke(app, ["export", audit_dir, "--format", "json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)

@@ -335,3 +335,22 @@ async def test_wide_verdict_tables_scroll_sideways_a_column_at_a_time_keeping_th
         await pilot.press("left", "left")
         await pilot.pause()
         assert grid.scroll_x == 0 and layers.scroll_x == 0
+
+
+async def test_the_subtitle_says_how_long_the_audit_has_left_while_it_trains(tmp_path: Path) -> None:
+    path = write_fixture_audit(tmp_path / "a")
+    # the unended rerun (3 of 5 epochs) took 100 s per epoch; dfa-s42's 5 epochs took 0.1 s each
+    f = path / "dfa-lam0.01-s42" / RECORDS
+    lines = [json.loads(x) for x in f.read_text().splitlines()]
+    f.write_text("".join(json.dumps({**r, "train_s": 100.0} if r["type"] == "epoch" else r) + "\n" for r in lines))
+    with AuditLock(path):  # another process trains it: the rerun is running
+        app = FaevalApp(watch=Audit.open(path), bell=False, poll_s=3600)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            left = 2 * (5 * 0.1 + 3 * 100) / 8  # 2 epochs left at dfa's mean epoch: 75 s
+            assert left == pytest.approx(75.125)
+            assert app.sub_title == "watch (read-only) · about 1 min left · a"
+    app = FaevalApp(watch=Audit.open(path), bell=False, poll_s=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert app.sub_title == "watch (read-only) · a"  # nobody trains it: nothing is left to wait for
