@@ -52,7 +52,10 @@ def header_markdown(cfg: AuditConfig, runs: Sequence[RunLike], name: str | None 
         f"- **preset**: {cfg.name}" + (f" ({cfg.description.strip()})" if cfg.description.strip() else ""),
         f"- **data**: {data}",
         f"- **model**: ResMLP d = {cfg.d}, L = {cfg.L}, r = {cfg.r:g}, {ln}; {cfg.epochs} epochs, batch "
-        f"{cfg.batch_size}, lr {cfg.lr:g}, {cfg.schedule} schedule",
+        f"{cfg.batch_size}, lr {cfg.lr:g}, {cfg.schedule} schedule"
+        # bf16 trains a slightly different network (verdicts on a threshold's edge can flip): say so
+        + ("; training steps in bfloat16 (autocast), every measurement in float32"
+           if cfg.precision == "bf16" else ""),
         f"- **methods**: {', '.join(cfg.methods)}{pen}",
         f"- **seeds**: {', '.join(map(str, cfg.seeds))}",
         f"- **thresholds**: (a) growth > {num(th.growth)}; (b) ‖g_L‖ < {num(th.g_floor)}; (c) stability > "

@@ -98,6 +98,17 @@ def test_header_names_preset_data_seeds_and_thresholds(main_audit):  # noqa: F81
         assert line in head
 
 
+def test_header_says_when_the_steps_ran_in_bfloat16(main_audit):  # noqa: F811
+    from engine.markdown import header_markdown
+    from engine.tables import views
+
+    runs = views(main_audit, main_audit.cfg)
+    fp32 = header_markdown(main_audit.cfg, runs)
+    bf16 = header_markdown(main_audit.cfg.model_copy(update={"precision": "bf16"}), runs)
+    assert "bfloat16" not in fp32
+    assert "cosine schedule; training steps in bfloat16 (autocast), every measurement in float32\n" in bf16
+
+
 def test_an_empty_table_renders_its_note_instead_of_a_table():
     text = table_markdown(Table("penalty", "Penalty sweep", ["method", "λ"], [], ["no penalty reruns in this audit."]))
     assert text == "## Penalty sweep\n\n_no penalty reruns in this audit._\n" and md_tables(text) == []
