@@ -49,7 +49,7 @@ class FileFeed:
 
     def _timed(self, run_id: str, lines: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
         """(when, run, line): a line without a time (headers, epochs of older files) takes the
-        last time its run showed, so the merge never reorders a run's own lines."""
+        last time its run showed, so each run's keys never decrease, as the merge needs."""
         when = self._when.get(run_id, "")
         out = []
         for rec in lines:
