@@ -8,7 +8,6 @@ stream at 1e8 and a reference gradient at 1e-9 still resolve.
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -144,6 +143,7 @@ def measure(model: Auditable, method: Method, x: Tensor, y: Tensor, settings: Di
     accuracy and the fired set (see ``verdicts.evaluate``). Timings go to ``settings.timings``
     (``probe`` adds to what is there: the caller may have timed building it)."""
     t = settings.timings
+    built = t.get("probe", 0.0) if probe is not None else 0.0  # a new call without a probe starts at 0
     t0 = time.perf_counter()
     probe = probe if probe is not None else make_probe(model, x, y)
     n = x.shape[0]
@@ -167,7 +167,7 @@ def measure(model: Auditable, method: Method, x: Tensor, y: Tensor, settings: Di
               for l in range(1, L + 1)]
     rec["growth"] = max(ratios, key=lambda v: -math.inf if math.isnan(v) else v)
     rec["g_L"] = rec["g_norm"][L]
-    t["probe"] = t.get("probe", 0.0) + time.perf_counter() - t0
+    t["probe"] = built + time.perf_counter() - t0
 
     t0 = time.perf_counter()
     rec["stability"] = stability(g[L], settings.stability_batches)
@@ -230,9 +230,14 @@ def evaluate_accuracy(model: Auditable, batches, seen: tuple[Tensor, Tensor] | N
     model.eval()  # type: ignore[attr-defined]
     correct = loss = None
     count = 0
-    # lazily: one prepared batch at a time
-    for xb, yb in itertools.chain([(None, seen[1])] if seen is not None else [], batches):
-        logits = seen[0] if xb is None else model(xb)  # type: ignore[operator]
+
+    def outputs():  # lazily: one prepared batch at a time
+        if seen is not None:
+            yield seen
+        for xb, yb in batches:
+            yield model(xb), yb  # type: ignore[operator]
+
+    for logits, yb in outputs():
         c = (logits.argmax(1) == yb).sum()
         l_ = F.cross_entropy(logits.float(), yb, reduction="sum")
         correct = c if correct is None else correct + c
