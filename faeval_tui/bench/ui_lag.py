@@ -27,9 +27,9 @@ async def _measure(seconds: float, tick: float, runs_dir: Path, sets: list[str])
     async with app.run_test(size=(120, 40)) as pilot:
         deadline = time.monotonic() + 60
         # both workers' children are up (each takes a few seconds to spawn and import torch)
-        while sum(1 for v in app.state.runs.values() if v.started) < 2 and time.monotonic() < deadline:
+        while sum(1 for v in app.state.runs.values() if v.log.started) < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        running_at_start = sum(1 for v in app.state.runs.values() if v.started)
+        running_at_start = sum(1 for v in app.state.runs.values() if v.log.started)
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             t0 = time.perf_counter()

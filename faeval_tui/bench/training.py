@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from engine.audit import RunSpec
 from engine.config import AuditConfig
 from engine.data import TaskData
 from engine.model import ResMLP
+from engine.plan import RunSpec
 from engine.trainer import RunParts, train_epoch
 
 

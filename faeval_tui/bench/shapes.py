@@ -43,10 +43,6 @@ def step_matmuls(method: str, batch: int, in_dim: int, n_classes: int, d: int, L
     return shapes
 
 
-def eval_matmuls(batch: int, in_dim: int, n_classes: int, d: int, L: int, hidden: int) -> list[Matmul]:
-    return ([(batch, in_dim, d)] + [(batch, d, hidden), (batch, hidden, d)] * L + [(batch, d, n_classes)])
-
-
 def flops(shapes: list[Matmul]) -> int:
     return sum(2 * m * k * n for m, k, n in shapes)
 

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the directory holding faeval_tui and engine
 
 
 def _audit(n_train: int, n_test: int, runs_dir: str, sets: list[str]) -> dict[str, object]:
@@ -84,7 +84,7 @@ def peak_rss(n_train: int = 50_000, n_test: int = 10_000, seeds: tuple[int, ...]
     with tempfile.TemporaryDirectory(prefix="faeval-bench-mem-") as tmp:
         sets = [f"epochs={epochs}", f"seeds={list(seeds)}", f"methods={list(methods)}", "workers=2",
                 "penalty_methods=[]", *sets]
-        code = (f"import json; from bench.memory import _audit; "
+        code = (f"import json; from faeval_tui.bench.memory import _audit; "
                 f"print(json.dumps(_audit({n_train}, {n_test}, {tmp!r}, {sets!r})))")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         if threads:
