@@ -14,8 +14,9 @@ The thresholds assume a diagnostic batch of n = 1024 samples: the reference g_l 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, Union
+from typing import Union
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,7 @@ from .config import Thresholds
 from .diagnostics import DiagnosticSettings, epoch_record
 from .methods import Method, Probe, get_method
 from .model import Auditable
+from .records import End, Epoch, Header
 from .runstore import RunLog
 from .tables import Table, layer_table
 from .verdicts import Verdict, verdict
@@ -112,7 +114,7 @@ class CreditFunction(Method):
 class AuditResult:
     """One epoch record (the same fields the trainer writes) and its verdict."""
 
-    record: dict[str, Any]
+    record: Epoch
     verdict: Verdict
     name: str = "model"
 
@@ -122,8 +124,8 @@ class AuditResult:
 
     def table(self) -> Table:
         """The per-layer table of this record (cos_l ± std over samples, null band, ρ_l, norms)."""
-        log = RunLog(self.name, header={"run_id": self.name, "method": self.name, "epochs": self.record["epoch"]},
-                     epochs=[self.record], end={"status": "finished"})
+        header = Header(run_id=self.name, method=self.name, seed=0, epochs=self.record.epoch, dataset="custom")
+        log = RunLog(self.name, header=header, epochs=[self.record], end=End(status="finished"))
         return layer_table([log], by="run")
 
 

@@ -155,7 +155,7 @@ def download_cifar(spec: CifarSpec, data_dir: Path, timeout: float = 60) -> Path
         fd, name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=data_dir)
     except OSError as e:
         raise DataError(f"cannot write to data dir {data_dir}: {e}",
-                        "point --data-dir / FAEVAL_DATA_DIR at a writable folder") from e
+                        "pass --data-dir DIR (or set FAEVAL_DATA_DIR=DIR) with a writable folder") from e
     part = Path(name)
     try:
         digest = hashlib.md5()
@@ -169,8 +169,8 @@ def download_cifar(spec: CifarSpec, data_dir: Path, timeout: float = 60) -> Path
                 e.close()  # it holds the open response socket
             raise DataError(
                 f"downloading {spec.name} from {spec.url} failed: {e}",
-                f"put {spec.filename} (from {spec.url}) into {data_dir}, or point --data-dir / "
-                f"FAEVAL_DATA_DIR at a folder that holds it or its unpacked {spec.folder}/ "
+                f"put {spec.filename} (from {spec.url}) into {data_dir}, or pass --data-dir DIR "
+                f"(or set FAEVAL_DATA_DIR=DIR) with a folder that holds it or its unpacked {spec.folder}/ "
                 f"(e.g. a torchvision download folder)") from e
         if digest.hexdigest() != spec.md5:
             raise DataError(
@@ -273,8 +273,8 @@ def load_cifar(name: str, data_dir: Path | str | None = None, download: bool = T
             raise DataError(
                 f"{spec.name} not found in {data_dir}",
                 f"put {spec.filename} (from {spec.url}) or its unpacked {spec.folder}/ into "
-                f"{data_dir}, point --data-dir / FAEVAL_DATA_DIR at a folder that holds it, "
-                f"or allow downloading")
+                f"{data_dir}, pass --data-dir DIR (or set FAEVAL_DATA_DIR=DIR) with a folder that "
+                f"holds it, or allow downloading (--set download=true)")
         folder = download_cifar(spec, data_dir)
     x_train, y_train = _read_split(folder, spec.train_files, spec)
     x_test, y_test = _read_split(folder, spec.test_files, spec)

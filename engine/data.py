@@ -5,8 +5,8 @@ resident tensors, shuffled with ``torch.randperm``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -44,7 +44,7 @@ class TaskData:
     def device(self) -> torch.device:
         return self.x_train.device
 
-    def to(self, device: torch.device | str) -> "TaskData":
+    def to(self, device: torch.device | str) -> TaskData:
         move = (lambda t: None if t is None else t.to(device))
         return replace(self, x_train=move(self.x_train), y_train=move(self.y_train), x_test=move(self.x_test),
                        y_test=move(self.y_test), scale=move(self.scale), shift=move(self.shift))

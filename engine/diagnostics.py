@@ -20,6 +20,7 @@ from torch import Tensor
 from .config import Thresholds
 from .methods.base import Method, Probe
 from .model import Auditable
+from .records import Epoch
 from .verdicts import evaluate
 
 
@@ -250,7 +251,7 @@ def evaluate_accuracy(model: Auditable, batches, seen: tuple[Tensor, Tensor] | N
 def epoch_record(model: Auditable, method: Method, test_batches, x: Tensor, y: Tensor,
                  settings: DiagnosticSettings, generator: torch.Generator, thresholds: Thresholds, *, epoch: int,
                  baseline_acc: float | None = None, train_loss: float | None = None, lr: float | None = None,
-                 train_s: float | None = None, diagnostic_set_in_test: bool = False) -> dict[str, Any]:
+                 train_s: float | None = None, diagnostic_set_in_test: bool = False) -> Epoch:
     """The epoch record every writer and reader shares: accuracy over ``test_batches``, every
     measurement on (x, y), and the fired set under ``thresholds``.
 
@@ -264,7 +265,7 @@ def epoch_record(model: Auditable, method: Method, test_batches, x: Tensor, y: T
     acc, test_loss = evaluate_accuracy(model, test_batches, (probe.logits, y) if diagnostic_set_in_test else None)
     settings.timings["accuracy"] = time.perf_counter() - t0
     diag = measure(model, method, x, y, settings, generator, probe=probe)
-    rec = {"type": "epoch", "epoch": epoch, "test_acc": acc, "test_loss": test_loss, "train_loss": train_loss,
-           "lr": lr, **diag, "baseline_acc": baseline_acc, "train_s": train_s,
-           "diag_s": {k: round(v, 4) for k, v in settings.timings.items()}}
+    rec = Epoch(epoch=epoch, test_acc=acc, test_loss=test_loss, train_loss=train_loss, lr=lr, **diag,
+                baseline_acc=baseline_acc, train_s=train_s,
+                diag_s={k: round(v, 4) for k, v in settings.timings.items()})
     return evaluate(rec, thresholds)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
+from .records import Epoch
 from .runstore import RunLog
 
 
-def epoch_cost(rec: dict) -> float:
+def epoch_cost(rec: Epoch) -> float:
     """Seconds one epoch took: its training plus every diagnostic it measured."""
-    diag = rec.get("diag_s") or {}
-    return float(rec.get("train_s") or 0.0) + float(sum(diag.values()))
+    return float(rec.train_s or 0.0) + float(sum(rec.diag_s.values()))
 
 
 def method_costs(runs: Sequence[tuple[str, RunLog]]) -> dict[str, float]:

@@ -5,16 +5,18 @@ listener is any callable taking one event; it is called from training threads.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Union
 
+from .records import Epoch, Header
 from .verdicts import Alert
 
 
 @dataclass(frozen=True)
 class RunStarted:
     run_id: str
-    header: dict[str, Any]
+    header: Header
     resumed_from: int = 0  # last completed epoch when resuming
 
 
@@ -31,14 +33,14 @@ class EpochDone:
     """An epoch record, already durable on disk, and the walk-back alerts it raised."""
 
     run_id: str
-    record: dict[str, Any]
+    record: Epoch
     alerts: list[Alert] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class RunEnded:
     run_id: str
-    status: str  # finished | diverged | failed | stopped
+    status: str  # finished | diverged | failed | stopped (records.Status)
     message: str = ""
 
 

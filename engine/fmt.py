@@ -6,14 +6,23 @@ import math
 DASH = "—"
 
 
-def num(v: float | None) -> str:
-    """3 significant digits; scientific outside [1e-3, 1e4); nan/inf/−inf spelled out."""
-    if v is None:
-        return DASH
+def nonfinite(v: float) -> str | None:
+    """The one spelling of a non-finite number on screen and in reports ("nan", "inf", "−inf");
+    None for a finite one. (Record files spell them as JSON strings: engine/records.py.)"""
     if math.isnan(v):
         return "nan"
     if math.isinf(v):
         return "inf" if v > 0 else "−inf"
+    return None
+
+
+def num(v: float | None) -> str:
+    """3 significant digits; scientific outside [1e-3, 1e4); nan/inf/−inf spelled out."""
+    if v is None:
+        return DASH
+    odd = nonfinite(v)
+    if odd is not None:
+        return odd
     a = abs(v)
     if a == 0:
         return "0"

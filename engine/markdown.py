@@ -6,13 +6,11 @@ the console and the JSON export show the same text for the same number.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
 
 from .config import AuditConfig
-from .tables import RunLike, Table, audit_tables, config_of, num, views
-
-if TYPE_CHECKING:
-    from .audit import Audit
+from .fmt import num
+from .tables import RunLike, Source, Table, audit_tables, config_of, views
 
 
 def _cell(text: str) -> str:
@@ -70,7 +68,7 @@ def render_tables(tables: Sequence[Table]) -> str:
     return "\n".join(table_markdown(t) for t in tables)
 
 
-def render_markdown(source: "Audit | Sequence[RunLike]", cfg: AuditConfig | None = None) -> str:
+def render_markdown(source: Source, cfg: AuditConfig | None = None) -> str:
     """The whole report of an audit (or of in-memory runs) as one markdown document."""
     cfg = cfg or config_of(source)
     runs = views(source, cfg)

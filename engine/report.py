@@ -1,59 +1,24 @@
-"""Run summaries from the records alone: what ``export --format json`` prints and the
-tables build on."""
+"""The JSON export (``faeval-tui export --format json``): the audit's runs, each with its
+final record and verdict, and every table's cells and raw numbers."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .audit import Audit
-from .runstore import RunLog, encode
-from .verdicts import Verdict, verdict
+from .records import encode
+from .tables import audit_tables, audit_views
 
-
-@dataclass
-class RunSummary:
-    log: RunLog
-    status: str
-    verdict: Verdict
-
-    @property
-    def final(self) -> dict[str, Any] | None:
-        return self.log.epochs[-1] if self.log.epochs else None
-
-    def to_json(self) -> dict[str, Any]:
-        h = self.log.header or {}
-        final = self.final
-        return {
-            "run_id": self.log.run_id, "method": self.log.method, "seed": self.log.seed,
-            "penalty": self.log.penalty, "parent": h.get("parent"), "status": self.status,
-            "epochs_done": final["epoch"] if final else 0, "epochs": self.log.total_epochs,
-            "message": (self.log.end or {}).get("message", ""),
-            "final": final, "fired": list(final["fired"]) if final else [],
-            "first_fire": self.verdict.first_fire, "verdict": self.verdict.label,
-            "verdict_detail": self.verdict.to_json(),
-        }
-
-
-def summarize(audit: Audit) -> list[RunSummary]:
-    live = audit.is_live()
-    out = []
-    for log in audit.logs():
-        if log.header is None:
-            continue  # planned but never started
-        out.append(RunSummary(log, log.status(live), verdict(log.epochs)))
-    return out
+if TYPE_CHECKING:
+    from .audit import Audit
 
 
 def export_json(audit: Audit) -> dict[str, Any]:
     """One JSON-ready document (non-finite floats encoded as "NaN"/"Infinity"/"-Infinity")."""
-    from .tables import audit_tables  # tables builds on this module: import at call time
-
     cfg = audit.cfg
-    summaries = summarize(audit)
+    runs = audit_views(audit)
     doc = {
         "audit": str(audit.path), "preset": cfg.name, "dataset": cfg.dataset, "seeds": cfg.seeds,
         "thresholds": cfg.thresholds.model_dump(), "config": cfg.dump(),
-        "runs": [s.to_json() for s in summaries],
-        "tables": [t.to_json() for t in audit_tables(summaries, cfg)],
+        "runs": [r.to_json() for r in runs],
+        "tables": [t.to_json() for t in audit_tables(runs, cfg)],
     }
     return encode(doc)

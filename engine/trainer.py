@@ -12,29 +12,29 @@ import math
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from .audit import make_header
+from .audit import Audit
 from .config import AuditConfig
 from .data import TaskData, derive_seed
-from .diagnostics import DiagnosticSettings, epoch_record as measured_record
+from .diagnostics import DiagnosticSettings
+from .diagnostics import epoch_record as measured_record
 from .errors import FaevalError, StoreError
 from .events import BatchProgress, EpochDone, Listener, RunEnded, RunStarted
 from .methods import Method, get_method
 from .model import ResMLP
-from .runstore import CHECKPOINT, RECORDS, SCHEMA_VERSION, RecordWriter, atomic_write_bytes, now_iso, read_run
+from .plan import RunSpec, make_header
+from .records import SCHEMA_VERSION, End, Epoch, Start, now_iso
+from .runstore import CHECKPOINT, RECORDS, RecordWriter, atomic_write_bytes, read_run
 from .verdicts import new_alerts
-
-if TYPE_CHECKING:
-    from .audit import Audit, RunSpec
 
 
 class RunParts:
     """The trainable state of a run, built identically for a fresh start and a resume."""
 
-    def __init__(self, cfg: AuditConfig, spec: "RunSpec", task: TaskData, device: torch.device) -> None:
+    def __init__(self, cfg: AuditConfig, spec: RunSpec, task: TaskData, device: torch.device) -> None:
         self.model = ResMLP(task.in_dim, task.n_classes, cfg.d, cfg.L, cfg.r, cfg.terminal_ln,
                             generator=torch.Generator().manual_seed(derive_seed(spec.seed, "init"))).to(device)
         self.method: Method = get_method(spec.method)(
@@ -53,18 +53,18 @@ class RunParts:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         self.epoch = 0
 
-    def state(self, spec: "RunSpec") -> dict[str, Any]:
+    def state(self, spec: RunSpec) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, "run_id": spec.run_id, "epoch": self.epoch,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng_shuffle": self.shuffle.get_state(),
                 "method": self.method.state_dict()}
 
-    def save(self, path, spec: "RunSpec") -> None:
+    def save(self, path, spec: RunSpec) -> None:
         buf = io.BytesIO()
         torch.save(self.state(spec), buf)
         atomic_write_bytes(path, buf.getvalue())
 
-    def load(self, path, spec: "RunSpec") -> None:
+    def load(self, path, spec: RunSpec) -> None:
         state = load_checkpoint(path)
         if state.get("run_id") != spec.run_id:
             raise StoreError(f"checkpoint {path} belongs to run {state.get('run_id')!r}, not {spec.run_id!r}",
@@ -133,7 +133,7 @@ def train_epoch(parts: RunParts, task: TaskData, batch_size: int, penalty: float
 
 def epoch_record(parts: RunParts, cfg: AuditConfig, task: TaskData, train_loss: float, epoch: int, seed: int,
                  baseline_acc: float | None = None, train_s: float | None = None
-                 ) -> tuple[dict[str, Any], dict[str, float]]:
+                 ) -> tuple[Epoch, dict[str, float]]:
     """The run's record for ``epoch`` and the seconds each diagnostic took."""
     settings = diagnostic_settings(cfg, epoch)
     x, y = task.diagnostic_set(cfg.diagnostics.n_samples)
@@ -145,10 +145,10 @@ def epoch_record(parts: RunParts, cfg: AuditConfig, task: TaskData, train_loss: 
     return rec, settings.timings
 
 
-def _nonfinite(rec: dict[str, Any]) -> list[str]:
+def _nonfinite(rec: Epoch) -> list[str]:
     bad = []
     for key in ("train_loss", "test_loss", "h_norm", "g_norm", "a_norm"):
-        vals = rec.get(key)
+        vals = getattr(rec, key)
         vals = vals if isinstance(vals, list) else [vals]
         if any(v is not None and not math.isfinite(v) for v in vals):
             bad.append(key)
@@ -170,7 +170,7 @@ def _guarded(listener: Listener) -> Listener:
     return call
 
 
-def train_run(audit: "Audit", spec: "RunSpec", task: TaskData, device: torch.device, listener: Listener,
+def train_run(audit: Audit, spec: RunSpec, task: TaskData, device: torch.device, listener: Listener,
               stop: threading.Event) -> str:
     """Train ``spec`` to the end (or resume it); returns its final status."""
     listener = _guarded(listener)
@@ -178,7 +178,7 @@ def train_run(audit: "Audit", spec: "RunSpec", task: TaskData, device: torch.dev
     run_dir = audit.run_dir(spec.run_id)
     run_dir.mkdir(exist_ok=True)
     records_path, ckpt_path = run_dir / RECORDS, run_dir / CHECKPOINT
-    previous = read_run(records_path) if records_path.exists() else None
+    previous = read_run(records_path, cfg.thresholds) if records_path.exists() else None
     parts = RunParts(cfg, spec, task, device)
     writer = RecordWriter(records_path)
     try:
@@ -190,8 +190,8 @@ def train_run(audit: "Audit", spec: "RunSpec", task: TaskData, device: torch.dev
         else:
             header = previous.header  # written earlier by this trainer, or by Audit.add_run when queued
         # every (re)start says so: readers tell a queued run from a running one, and see resumes
-        writer.append({"type": "start", "epoch": parts.epoch, "time": now_iso()})
-        history = [e for e in (previous.epochs if previous else []) if e["epoch"] <= parts.epoch]
+        writer.append(Start(epoch=parts.epoch))
+        history = [e for e in (previous.epochs if previous else []) if e.epoch <= parts.epoch]
         listener(RunStarted(spec.run_id, header, parts.epoch))
         while parts.epoch < cfg.epochs:
             epoch = parts.epoch + 1
@@ -201,16 +201,16 @@ def train_run(audit: "Audit", spec: "RunSpec", task: TaskData, device: torch.dev
                         if b % every == 0 else None)
             train_loss = train_epoch(parts, task, cfg.batch_size, spec.penalty, stop, progress)
             if train_loss is None:
-                writer.append({"type": "end", "status": "stopped", "epoch": parts.epoch,
-                               "message": f"stopped during epoch {epoch}; the checkpoint of epoch {parts.epoch} is kept",
-                               "time": now_iso()})
+                writer.append(End(status="stopped", epoch=parts.epoch,
+                                  message=f"stopped during epoch {epoch}; the checkpoint of epoch {parts.epoch} "
+                                          "is kept"))
                 listener(RunEnded(spec.run_id, "stopped"))
                 return "stopped"
             train_s = time.perf_counter() - t0
             rec, _ = epoch_record(parts, cfg, task, train_loss, epoch, spec.seed,
                                   baseline_acc=audit.baseline_acc(spec, epoch), train_s=train_s)
             alerts = new_alerts(spec.run_id, history, rec, cfg.thresholds)
-            rec["time"] = now_iso()  # when it was written: watch orders a history's alerts by it
+            rec = rec.model_copy(update={"time": now_iso()})  # when written: watch orders alerts by it
             writer.append(rec)
             parts.epoch = epoch
             bad = _nonfinite(rec)
@@ -220,18 +220,17 @@ def train_run(audit: "Audit", spec: "RunSpec", task: TaskData, device: torch.dev
             listener(EpochDone(spec.run_id, rec, alerts))
             if bad:
                 msg = f"non-finite values in {', '.join(bad)} at epoch {epoch}: training diverged"
-                writer.append({"type": "end", "status": "diverged", "epoch": epoch, "message": msg,
-                               "time": now_iso()})
+                writer.append(End(status="diverged", epoch=epoch, message=msg))
                 listener(RunEnded(spec.run_id, "diverged", msg))
                 return "diverged"
-        writer.append({"type": "end", "status": "finished", "epoch": parts.epoch, "time": now_iso()})
+        writer.append(End(status="finished", epoch=parts.epoch))
         listener(RunEnded(spec.run_id, "finished"))
         return "finished"
     except Exception as err:  # a failed run must not take the audit down: record why and go on
         msg = str(err) if isinstance(err, FaevalError) else f"{type(err).__name__}: {err}"
         try:
-            writer.append({"type": "end", "status": "failed", "epoch": parts.epoch, "message": msg,
-                           "traceback": traceback.format_exc(limit=8), "time": now_iso()})
+            writer.append(End(status="failed", epoch=parts.epoch, message=msg,
+                              traceback=traceback.format_exc(limit=8)))
         except StoreError:
             pass  # the disk refused even that: the missing end line reads as "stopped", resumable
         listener(RunEnded(spec.run_id, "failed", msg))

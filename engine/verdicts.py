@@ -6,11 +6,13 @@ The chart lines, the alerts and the final verdict all read ``DIAGNOSTICS`` and a
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from .config import Thresholds
 from .fmt import num
+from .records import Epoch
 
 WALK_BACK = ("a", "b", "d")  # (c) labels the sub-mode; it never walks a run back alone
 
@@ -25,14 +27,14 @@ class Diagnostic:
     meaning: str
     nan_fires: bool = True  # a NaN can never certify health; for the (c) label it is just unknown
 
-    def threshold(self, th: Thresholds, record: dict[str, Any] | None = None) -> float | None:
+    def threshold(self, th: Thresholds, record: Epoch | None = None) -> float | None:
         if self.id == "d":
-            base = None if record is None else record.get("baseline_acc")
+            base = None if record is None else record.baseline_acc
             return None if base is None else base + th.depth_margin
         return getattr(th, self.threshold_key)
 
-    def fires(self, record: dict[str, Any], th: Thresholds) -> bool:
-        value = record.get(self.field)
+    def fires(self, record: Epoch, th: Thresholds) -> bool:
+        value = getattr(record, self.field)
         limit = self.threshold(th, record)
         if value is None or limit is None:
             return False
@@ -58,28 +60,25 @@ DIAGNOSTICS: dict[str, Diagnostic] = {
 }
 
 
-def fired(record: dict[str, Any], th: Thresholds) -> list[str]:
+def fired(record: Epoch, th: Thresholds) -> list[str]:
     """The diagnostics that fire on one epoch record (c included, as the drift label)."""
     return [k for k, diag in DIAGNOSTICS.items() if diag.fires(record, th)]
 
 
-def evaluate(record: dict[str, Any], th: Thresholds) -> dict[str, Any]:
-    """Add the derived fields: ``fired``, ``degenerate`` and ``stability_mode``."""
-    out = dict(record)
-    out["fired"] = fired(record, th)
-    out["degenerate"] = "b" in out["fired"]
-    stab = record.get("stability")
-    out["stability_mode"] = ("drift" if "c" in out["fired"] else
-                             "unknown" if stab is None or math.isnan(stab) else "noise")
-    return out
+def evaluate(record: Epoch, th: Thresholds) -> Epoch:
+    """The one place the derived fields are decided: ``fired``, ``degenerate`` and
+    ``stability_mode`` from the record's measurements under ``th``."""
+    hits = fired(record, th)
+    mode = "drift" if "c" in hits else "unknown" if math.isnan(record.stability) else "noise"
+    return record.model_copy(update={"fired": hits, "degenerate": "b" in hits, "stability_mode": mode})
 
 
-def first_fire(records: Iterable[dict[str, Any]]) -> dict[str, int]:
+def first_fire(records: Iterable[Epoch]) -> dict[str, int]:
     """Epoch at which each diagnostic first fired."""
     first: dict[str, int] = {}
     for rec in records:
-        for k in rec.get("fired", []):
-            first.setdefault(k, rec["epoch"])
+        for k in rec.fired:
+            first.setdefault(k, rec.epoch)
     return first
 
 
@@ -109,15 +108,15 @@ class Verdict:
                 "submode": self.submode, "first_fire": self.first_fire, "final_epoch": self.final_epoch}
 
 
-def verdict(records: list[dict[str, Any]], th: Thresholds | None = None) -> Verdict:
+def verdict(records: list[Epoch], th: Thresholds | None = None) -> Verdict:
     """Final verdict from the last epoch; re-evaluated when thresholds are given."""
     if th is not None:
         records = [evaluate(r, th) for r in records]
     if not records:
         return Verdict(False, (), "noise", {}, None)
     last = records[-1]
-    walk = tuple(k for k in WALK_BACK if k in last.get("fired", []))
-    return Verdict(bool(walk), walk, last.get("stability_mode", "noise"), first_fire(records), last["epoch"])
+    walk = tuple(k for k in WALK_BACK if k in last.fired)
+    return Verdict(bool(walk), walk, last.stability_mode, first_fire(records), last.epoch)
 
 
 @dataclass(frozen=True)
@@ -135,17 +134,17 @@ class Alert:
         return f"{self.run_id}: {self.headline}. Walk back: {self.meaning}."
 
 
-def new_alerts(run_id: str, previous: list[dict[str, Any]], record: dict[str, Any], th: Thresholds) -> list[Alert]:
+def new_alerts(run_id: str, previous: list[Epoch], record: Epoch, th: Thresholds) -> list[Alert]:
     """Walk-back alerts raised by ``record``: diagnostics (a), (b), (d) firing for the first time."""
     seen = set(first_fire(previous))
     alerts = []
     for k in WALK_BACK:
-        if k in record.get("fired", []) and k not in seen:
+        if k in record.fired and k not in seen:
             diag = DIAGNOSTICS[k]
-            value, limit = record.get(diag.field), diag.threshold(th, record)
+            value, limit = getattr(record, diag.field), diag.threshold(th, record)
             side = ">" if diag.comparison == "above" else "<"
-            headline = (f"({k}) {diag.name} fired at epoch {record['epoch']}: {diag.field} = {num(value)} "
+            headline = (f"({k}) {diag.name} fired at epoch {record.epoch}: {diag.field} = {num(value)} "
                         f"{side} {num(limit)}")
-            alerts.append(Alert(run_id, record["epoch"], k, value, limit, headline, diag.meaning))
+            alerts.append(Alert(run_id, record.epoch, k, value, limit, headline, diag.meaning))
     return alerts
 

@@ -30,8 +30,12 @@ from typing import Any
 import torch
 import torch.multiprocessing as tmp
 
+from .audit import Audit
 from .events import Listener, RunEnded
-from .runstore import RECORDS, RecordWriter, now_iso, read_run
+from .methods import get_method, register_method
+from .records import End
+from .runstore import RECORDS, append_line, read_run
+from .trainer import train_run
 
 WORKER_LOG = "worker.log"
 
@@ -59,10 +63,6 @@ class _Stop:
 
 def _child_main(audit_path: str, spec: Any, task: Any, method_cls: type, device: str, threads: int, nice: int,
                 events: Any, stop_event: Any, parent_pid: int) -> None:
-    from .audit import Audit
-    from .methods import get_method, register_method
-    from .trainer import train_run
-
     stop = _Stop(stop_event, parent_pid)
     if nice:
         os.nice(nice)
@@ -168,12 +168,7 @@ class ChildTrainer:
         if self.records.exists():
             try:
                 done = read_run(self.records).epochs
-                writer = RecordWriter(self.records)
-                try:
-                    writer.append({"type": "end", "status": "failed", "epoch": done[-1]["epoch"] if done else 0,
-                                   "message": msg, "time": now_iso()})
-                finally:
-                    writer.close()
+                append_line(self.records, End(status="failed", epoch=done[-1].epoch if done else 0, message=msg))
             except Exception:  # noqa: BLE001 - the missing end line still reads as resumable
                 pass
         self.listener(RunEnded(self.spec.run_id, "failed", msg))

@@ -27,6 +27,11 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def unregister_method(name: str) -> None:
+    """Remove a method registered with ``register_method`` (tests and notebooks clean up with it)."""
+    _REGISTRY.pop(name, None)
+
+
 def _discover() -> None:
     global _loaded
     if _loaded:
@@ -57,4 +62,5 @@ def get_method(name: str) -> type[Method]:
         raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
 
 
-__all__ = ["Method", "Probe", "available_methods", "get_method", "output_error", "register_method"]
+__all__ = ["Method", "Probe", "available_methods", "get_method", "output_error", "register_method",
+           "unregister_method"]

@@ -14,8 +14,9 @@ through ``state_dict`` so checkpoints and resume cover it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,6 @@ class Probe:
     hs: list[Tensor]
     logits: Tensor
     grads: list[Tensor]
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def error(self) -> Tensor:
@@ -63,8 +63,6 @@ class Method(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    #: whether the null band (cosines under fresh random feedback) applies
-    has_null_band: ClassVar[bool] = False
 
     def __init__(self, model: Auditable, n_classes: int, generator: torch.Generator) -> None:
         self.n_classes = n_classes
@@ -92,9 +90,6 @@ class Method(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
-
-    def to(self, device: torch.device) -> "Method":
-        return self
 
 
 def bp_step(model: Auditable, x: Tensor, y: Tensor, penalty: float) -> Tensor:

@@ -5,7 +5,8 @@ embedding on ⟨h_0, a_0⟩, and LN_out plus the head on the true loss with h_L
 detached, all in one backward pass.
 
 Feedback matrices are drawn from the run's seed: a C×d matrix has entries
-N(0, 1/C) and a d×d matrix N(0, 1/d), so ‖e·B‖ ≈ ‖e‖ and a·B keeps the scale of a.
+N(0, 1/C) and a d×d matrix N(0, 1/d): a·B keeps the scale of a for a d×d B, while
+e·B for a C×d B is about √(d/C) times ‖e‖ (cosines and ρ do not depend on that scale).
 
 Speed: every credit here is linear in e, so a_l = e·P_l with P_l = ``propagate``
 applied to the C×C identity. The P_l are computed once per set of B's and
@@ -15,7 +16,8 @@ the method (FA's chain of d×d products shrinks to C rows, done once).
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +27,6 @@ from .base import Method, Probe, output_error
 
 
 class FeedbackMethod(Method):
-    has_null_band = True
-
     def __init__(self, model, n_classes, generator) -> None:
         super().__init__(model, n_classes, generator)
         self.depth = model.depth

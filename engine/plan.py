@@ -1,0 +1,53 @@
+"""Which runs an audit trains, what they are called, and the header each one starts with.
+
+Runs of one seed compare against the frozen-blocks run of the same seed at the same
+epoch, so frozen runs come first in the plan.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import AuditConfig
+from .records import Header
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    method: str
+    seed: int
+    penalty: float = 0.0
+    parent: str | None = None
+
+    @classmethod
+    def of(cls, header: Header) -> RunSpec:
+        return cls(header.run_id, header.method, header.seed, header.penalty, header.parent)
+
+
+def run_id(method: str, seed: int, penalty: float = 0.0) -> str:
+    return f"{method}-s{seed}" if not penalty else f"{method}-lam{penalty:g}-s{seed}"
+
+
+def make_header(cfg: AuditConfig, spec: RunSpec) -> Header:
+    """The first line of a run's records: who it is and the whole config it trains under."""
+    return Header(run_id=spec.run_id, method=spec.method, seed=spec.seed, penalty=spec.penalty,
+                  parent=spec.parent, epochs=cfg.epochs,
+                  dataset=cfg.dataset + ("+random-targets" if cfg.random_targets else ""), config=cfg.dump())
+
+
+def plan_runs(cfg: AuditConfig) -> list[RunSpec]:
+    """frozen first (it is every other run's baseline), then methods × seeds, then penalty reruns."""
+    methods = sorted(cfg.methods, key=lambda m: m != "frozen")
+    specs = [RunSpec(run_id(m, s), m, s) for m in methods for s in cfg.seeds]
+    for m in cfg.penalty_methods:
+        for lam in cfg.penalties:
+            for s in cfg.seeds:
+                specs.append(RunSpec(run_id(m, s, lam), m, s, lam, run_id(m, s) if m in cfg.methods else None))
+    return specs
+
+
+def baseline_run(cfg: AuditConfig, spec: RunSpec) -> str | None:
+    """The frozen run whose accuracy (d) compares ``spec`` against, if the audit has one."""
+    if spec.method == "frozen" or "frozen" not in cfg.methods:
+        return None
+    return run_id("frozen", spec.seed)
