@@ -5,52 +5,35 @@ so a burst of training events costs one redraw, not one per event.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.message import Message
 from textual.widgets import DataTable, Footer, Header
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker
 
-from engine.audit import Audit, RunSpec, run_id
+from engine.audit import Audit
 from engine.config import AuditConfig
 from engine.errors import FaevalError
 from engine.eta import remaining_seconds
-from engine.events import Event
 from engine.fmt import duration
 from engine.markdown import render_markdown
+from engine.plan import RunSpec, run_id
 from engine.runstore import atomic_write_bytes
-from engine.verdicts import Alert
 
 from .charts import ChartGrid, Legend
 from .dialogs import ErrorScreen, HelpScreen, QuitDialog, RerunDialog, RerunRequest, ResumeDialog
 from .feeds import FileFeed, LiveFeed, resumable_audits
 from .inspector import InspectorScreen
+from .live import LiveMixin
 from .runlist import AlertLog, RunTable
 from .state import AuditState
 
 REPORT = "report.md"
 
 
-@dataclass
-class EngineEvent(Message):
-    """An engine event, posted from a training thread."""
-
-    event: Event
-
-
-@dataclass
-class TrainingFailed(Message):
-    """Training could not start or go on (a missing dataset, a locked audit)."""
-
-    error: FaevalError
-
-
-class FaevalApp(App[None]):
+class FaevalApp(LiveMixin, App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "faeval-tui"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
@@ -87,7 +70,9 @@ class FaevalApp(App[None]):
         self.file_feed: FileFeed | None = None
         self.training: Worker | None = None
         self.selected: str | None = None
-        self.mode = "starting"  # the subtitle's first word: live, resumed, watch (read-only), not training
+        # the subtitle's first word: loading the <dataset> data, live, resumed, watch (read-only), not training
+        self.mode = "starting"
+        self._quitting = False  # set by shutdown: data loaded after it creates no audit
         self._seen = (-1, -1, None)  # state version, epoch version, selection last drawn
         self._alerts_shown = 0
 
@@ -117,59 +102,6 @@ class FaevalApp(App[None]):
                 self._begin_live(None)
         self.set_interval(self.refresh_s, self.flush)
         self.flush()
-
-    # ---- feeds -------------------------------------------------------------------
-    def _begin_live(self, resume: Audit | None) -> None:
-        try:
-            audit = resume or Audit.create(self.cfg, self.runs_dir)
-        except FaevalError as err:
-            self.push_screen(ErrorScreen("Cannot create the audit", err))
-            return
-        self.audit = audit
-        self.cfg = audit.cfg
-        self.state = AuditState(audit.path, audit.cfg)
-        FileFeed(audit, self.state).poll()  # a resumed audit's history (empty for a new one)
-        self.live_feed = LiveFeed(audit, lambda event: self.post_message(EngineEvent(event)))
-        for spec in self.live_feed.submit_unfinished():
-            self.state.add_spec(spec, queued=True)
-        self.state.set_live(True)
-        self.mode = "resumed" if resume else "live"
-        self.training = self._train()
-        self.flush()
-
-    @work(thread=True, exclusive=True, group="training", name="training", exit_on_error=False)
-    def _train(self) -> None:
-        try:
-            self.live_feed.train()
-        except FaevalError as err:
-            self.post_message(TrainingFailed(err))
-
-    def _poll_files(self) -> None:
-        self._announce(self.file_feed.poll())
-
-    def on_engine_event(self, message: EngineEvent) -> None:
-        self._announce(self.state.apply(message.event))
-
-    def on_training_failed(self, message: TrainingFailed) -> None:
-        self.state.error = message.error.problem
-        self.state.set_live(False)
-        self.mode = "not training"
-        self.push_screen(ErrorScreen("Training cannot start", message.error))
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker.name != "training" or not event.worker.is_finished:
-            return
-        self.state.set_live(False)
-        if event.state == WorkerState.ERROR:
-            self.push_screen(ErrorScreen("Training stopped with an internal error", repr(event.worker.error)))
-
-    def _announce(self, alerts: list[Alert]) -> None:
-        for alert in alerts:
-            # the toast says what fired; the alert log keeps the whole text with its meaning
-            self.notify(alert.headline + " (details in the alert log)", title=f"WALK BACK · {alert.run_id}",
-                        severity="error", timeout=8)
-        if alerts and self.bell_on:
-            self.bell()
 
     # ---- redraw ------------------------------------------------------------------
     def flush(self) -> None:
@@ -335,6 +267,7 @@ class FaevalApp(App[None]):
 
     async def shutdown(self) -> None:
         """Stop training (each run keeps its last checkpoint), wait for the threads, exit."""
+        self._quitting = True
         if self.live_feed is not None:
             self.live_feed.stop()
             if self.training is not None and not self.training.is_finished:

@@ -9,14 +9,16 @@ declared thresholds, the same ones the alerts use.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from textual.app import ComposeResult
 from textual.containers import Container
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
+from engine.fmt import nonfinite
 from engine.fmt import num as fmt
 from engine.tables import n_classes
 from engine.verdicts import DIAGNOSTICS
@@ -36,10 +38,10 @@ class ChartSpec:
 
 
 CHARTS = (
-    ChartSpec("h_L", "‖h_L‖", True, lambda r: r["h_norm"][-1]),
-    ChartSpec("g_L", "‖g_L‖", True, lambda r: r["g_L"]),
-    ChartSpec("stability", "stability", False, lambda r: r["stability"]),
-    ChartSpec("acc", "test accuracy", False, lambda r: r["test_acc"]),
+    ChartSpec("h_L", "‖h_L‖", True, lambda r: r.h_L),
+    ChartSpec("g_L", "‖g_L‖", True, lambda r: r.g_L),
+    ChartSpec("stability", "stability", False, lambda r: r.stability),
+    ChartSpec("acc", "test accuracy", False, lambda r: r.test_acc),
 )
 
 
@@ -66,10 +68,9 @@ def unplottable(v: float, log: bool) -> str | None:
     """Why a value has no place on the axis, or None when it has one."""
     if v is None:
         return None
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+inf" if v > 0 else "-inf"
+    odd = nonfinite(v)
+    if odd is not None:
+        return odd
     if log and v <= 0:
         return "0" if v == 0 else "<0"
     return None
@@ -146,8 +147,8 @@ class MetricChart(PlotextPlot):
             draw = plt.scatter if len(pts) == 1 else plt.plot
             draw(xs, ys, marker=marker if len(pts) > 1 or s.selected else s.marker, color=s.color)
         for s, x, why in odd:
-            top = why == "+inf"
-            plt.scatter([x], [hi if top else lo], marker={"NaN": "?", "+inf": "▲"}.get(why, "▼"), color=s.color)
+            top = why == "inf"
+            plt.scatter([x], [hi if top else lo], marker={"nan": "?", "inf": "▲"}.get(why, "▼"), color=s.color)
         plt.xlim(1, max(2, self.xmax))
         plt.ylim(lo, hi)
         if log:
@@ -167,7 +168,7 @@ class MetricChart(PlotextPlot):
 def chart_data(spec: ChartSpec, state: AuditState, selected: str | None) -> tuple[list[Series], list[RefLine], str]:
     """The series, reference lines and title note of one chart, from the state alone."""
     th = state.cfg.thresholds
-    series = [Series(v.run_id, [(r["epoch"], spec.value(r)) for r in v.log.epochs], v.color, v.marker,
+    series = [Series(v.run_id, [(r.epoch, spec.value(r)) for r in v.log.epochs], v.color, v.marker,
                      v.run_id == selected) for v in state.ordered()]
     lines: list[RefLine] = []
     note = ""
@@ -175,7 +176,7 @@ def chart_data(spec: ChartSpec, state: AuditState, selected: str | None) -> tupl
     last = sel.log.epochs[-1] if sel and sel.log.epochs else None
     if spec.key == "h_L":
         limit = DIAGNOSTICS["a"].threshold(th)
-        note = f"(a) growth > {fmt(limit)}" + (f"; {sel.run_id} {fmt(last['growth'])}" if last else "")
+        note = f"(a) growth > {fmt(limit)}" + (f"; {sel.run_id} {fmt(last.growth)}" if last else "")
     elif spec.key == "g_L":
         limit = DIAGNOSTICS["b"].threshold(th)
         lines.append(RefLine(f"(b) floor {limit:.0e}", y=limit))
@@ -186,7 +187,7 @@ def chart_data(spec: ChartSpec, state: AuditState, selected: str | None) -> tupl
         chance = 1.0 / n_classes(state.cfg)
         lines.append(RefLine(f"chance {chance:.2g}", y=chance))
         if sel is not None:
-            pts = [(r["epoch"], DIAGNOSTICS["d"].threshold(th, r)) for r in sel.log.epochs]
+            pts = [(r.epoch, DIAGNOSTICS["d"].threshold(th, r)) for r in sel.log.epochs]
             pts = [(x, y) for x, y in pts if y is not None]
             if pts:
                 lines.append(RefLine(f"(d) frozen s{sel.spec.seed}", points=pts, color=BASE_COLOR))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,13 +21,49 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Overri
                                                       "--set seeds=[42] --set thresholds.growth=100")]
 RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Where audit directories are created.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda (overrides the preset).")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding (or receiving) the CIFAR "
+                                                    "archives; same as --set data_dir=DIR, and wins over it.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
 
 _debug = False
 
 
-def _sets(sets: list[str] | None, device: str | None) -> list[str]:
-    return list(sets or []) + ([f"device={device}"] if device else [])
+def _sets(sets: list[str] | None, device: str | None, data_dir: Path | None = None) -> list[str]:
+    """--set values, then the explicit options, which win over a --set of the same key."""
+    out = list(sets or []) + ([f"device={device}"] if device else [])
+    if data_dir is not None:
+        # absolute, so a resume from another folder finds it; quoted, so YAML takes any path as a string
+        path = str(data_dir.expanduser().absolute())
+        out.append("data_dir='" + path.replace("'", "''") + "'")
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass  # not Linux: platform's answer is vaguer but cheap
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _version(value: bool) -> None:
+    """--version: this tool's and torch's versions, and the devices training can use."""
+    if not value:
+        return
+    from importlib.metadata import version
+
+    import torch
+
+    typer.echo(f"faeval-tui {version('faeval-tui')}")
+    typer.echo(f"torch {torch.__version__}")
+    typer.echo(f"cpu: {_cpu_name()} ({os.cpu_count() or '?'} logical cores)")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            typer.echo(f"cuda:{i}: {torch.cuda.get_device_name(i)}")
+    raise typer.Exit()
 
 
 def fail(err: FaevalError) -> None:
@@ -38,8 +76,12 @@ def fail(err: FaevalError) -> None:
 
 @app.callback(invoke_without_command=True)
 def console(ctx: typer.Context, preset: PresetOpt = None, set_: SetOpt = None,
-            runs_dir: RunsDirOpt = Path("runs"), device: DeviceOpt = None, debug: DebugOpt = False,
-            no_bell: Annotated[bool, typer.Option("--no-bell", help="Do not ring the bell on alerts.")] = False) -> None:
+            runs_dir: RunsDirOpt = Path("runs"), device: DeviceOpt = None, data_dir: DataDirOpt = None,
+            debug: DebugOpt = False,
+            no_bell: Annotated[bool, typer.Option("--no-bell", help="Do not ring the bell on alerts.")] = False,
+            version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                           help="Print versions and devices, then exit.")] = None,
+            ) -> None:
     """Open the console and start the audit (no preset: the embedded default)."""
     global _debug
     _debug = debug
@@ -48,7 +90,7 @@ def console(ctx: typer.Context, preset: PresetOpt = None, set_: SetOpt = None,
     from engine.config import load_config
 
     try:
-        cfg = load_config(preset, _sets(set_, device))
+        cfg = load_config(preset, _sets(set_, device, data_dir))
         from .app import launch
 
         launch(cfg=cfg, runs_dir=runs_dir, bell=not no_bell)
@@ -58,20 +100,22 @@ def console(ctx: typer.Context, preset: PresetOpt = None, set_: SetOpt = None,
 
 @app.command()
 def run(preset: PresetOpt = None, set_: SetOpt = None, runs_dir: RunsDirOpt = Path("runs"),
-        device: DeviceOpt = None, debug: DebugOpt = False) -> None:
+        device: DeviceOpt = None, data_dir: DataDirOpt = None, debug: DebugOpt = False) -> None:
     """Run an audit headless with a progress display; prints the audit directory."""
     global _debug
     _debug = _debug or debug
-    from engine.audit import Audit, resolve_device
+    from engine.audit import Audit
     from engine.config import load_config
     from engine.data import load_task
+    from engine.device import training_device
 
     from .headless import run_headless
 
     try:
-        cfg = load_config(preset, _sets(set_, device))
+        cfg = load_config(preset, _sets(set_, device, data_dir))
         # device and data are checked before the audit directory exists: a refusal leaves nothing behind
-        task = load_task(cfg).to(resolve_device(cfg.device))
+        training_device(cfg)
+        task = load_task(cfg)  # on the CPU: the runner places it (each worker process moves its own)
         audit = Audit.create(cfg, runs_dir)
         statuses = run_headless(audit, task)
     except FaevalError as err:
@@ -130,7 +174,8 @@ def presets() -> None:
 def export(audit_dir: Annotated[Path, typer.Argument(help="Audit directory.")],
            format_: Annotated[str, typer.Option("--format", "-f", help="markdown (the report) or json "
                                                 "(runs, final records, verdicts and the tables' data)")] = "markdown",
-           out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
+           out: Annotated[Optional[Path], typer.Option("--out", "-o",
+                                                       help="Write to this file instead of stdout.")] = None,
            debug: DebugOpt = False) -> None:
     """Export an audit's report: every table as markdown (default), or the runs and tables as JSON."""
     global _debug
@@ -161,7 +206,7 @@ def bench(json_: Annotated[Optional[Path], typer.Option("--json", help="Write ev
           quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes: checks the benchmark runs, "
                                               "measures nothing meaningful.")] = False) -> None:
     """Measure training speed, diagnostics cost, console lag and peak memory on this machine."""
-    import bench as bench_pkg
+    from . import bench as bench_pkg
 
     result = bench_pkg.run_bench(quick=quick, log=lambda msg: typer.echo(msg, err=True))
     bench_pkg.print_table(result)

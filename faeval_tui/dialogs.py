@@ -183,7 +183,8 @@ class RerunDialog(ModalScreen[RerunRequest | None]):
 class ErrorScreen(ModalScreen[None]):
     """A problem the user can fix: what is wrong and what to do, not a traceback."""
 
-    BINDINGS = [("q", "app.exit_now", "Quit"), ("escape", "dismiss", "Back to the console")]
+    # app.quit, not exit: with runs still training it asks first, as q does on the console
+    BINDINGS = [("q", "app.quit", "Quit"), ("escape", "dismiss", "Back to the console")]
 
     def __init__(self, title: str, err: FaevalError | str) -> None:
         super().__init__()

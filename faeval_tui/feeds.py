@@ -7,13 +7,17 @@ widget: the app posts what they produce as messages and redraws on a timer.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
 
-from engine.audit import Audit, AuditRunner, RunSpec
+from engine.audit import Audit
 from engine.config import AuditConfig
+from engine.data import TaskData
 from engine.events import Event
+from engine.plan import RunSpec
+from engine.records import Record
 from engine.runstore import RECORDS, RecordReader, list_runs
+from engine.scheduler import AuditRunner
 from engine.verdicts import Alert
 
 from .state import AuditState
@@ -47,13 +51,13 @@ class FileFeed:
         self.state.set_live(self.audit.is_live())
         return alerts
 
-    def _timed(self, run_id: str, lines: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    def _timed(self, run_id: str, lines: list[Record]) -> list[tuple[str, str, Record]]:
         """(when, run, line): a line without a time (headers, epochs of older files) takes the
         last time its run showed, so each run's keys never decrease, as the merge needs."""
         when = self._when.get(run_id, "")
         out = []
         for rec in lines:
-            when = str(rec.get("time") or rec.get("created") or when)
+            when = str(getattr(rec, "time", None) or getattr(rec, "created", None) or when)
             out.append((when, run_id, rec))
         self._when[run_id] = when
         return out
@@ -62,9 +66,10 @@ class FileFeed:
 class LiveFeed:
     """Trains the audit; ``listener`` hears the engine's events on the training threads."""
 
-    def __init__(self, audit: Audit, listener: Callable[[Event], None]) -> None:
+    def __init__(self, audit: Audit, listener: Callable[[Event], None], task: TaskData | None = None) -> None:
         self.audit = audit
-        self.runner = AuditRunner(audit, listener, nice=10)  # training yields the CPU to the event loop
+        # nice: training yields the CPU to the event loop; task: the data the console loaded already
+        self.runner = AuditRunner(audit, listener, task=task, nice=10)
 
     def submit_unfinished(self) -> list[RunSpec]:
         return self.runner.submit_unfinished()
@@ -73,8 +78,8 @@ class LiveFeed:
         self.runner.submit(spec)
 
     def train(self) -> None:
-        """Blocks until ``stop``: call it on a thread. The runner loads the data before any
-        run starts, so a missing dataset raises its DataError here, where the console shows it."""
+        """Blocks until ``stop``: call it on a thread. Without a task the runner loads the data
+        before any run starts, so a missing dataset raises its DataError here, where the console shows it."""
         self.runner.run(keep_alive=True)
 
     def stop(self) -> None:

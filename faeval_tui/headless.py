@@ -10,18 +10,20 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from engine.audit import Audit, AuditRunner
+from engine.audit import Audit
 from engine.data import TaskData
 from engine.eta import remaining_seconds
 from engine.events import BatchProgress, EpochDone, Event, RunEnded, RunStarted
 from engine.fmt import duration
+from engine.records import Epoch
+from engine.scheduler import AuditRunner
 from engine.verdicts import verdict
 
 
-def _line(run_id: str, rec: dict[str, Any]) -> str:
-    fired = ",".join(rec["fired"]) or "-"
-    return (f"{run_id:<22} epoch {rec['epoch']:>3}  acc {rec['test_acc']:.4f}  growth {rec['growth']:.3g}  "
-            f"g_L {rec['g_L']:.2e}  stab {rec['stability']:+.2f}  Γ {rec['gamma']:+.3f}  fired {fired}")
+def _line(run_id: str, rec: Epoch) -> str:
+    fired = ",".join(rec.fired) or "-"
+    return (f"{run_id:<22} epoch {rec.epoch:>3}  acc {rec.test_acc:.4f}  growth {rec.growth:.3g}  "
+            f"g_L {rec.g_L:.2e}  stab {rec.stability:+.2f}  Γ {rec.gamma:+.3f}  fired {fired}")
 
 
 def _time_left(audit: Audit) -> str:
@@ -39,7 +41,7 @@ def run_headless(audit: Audit, task: TaskData | None = None) -> dict[str, str]:
     console = Console(stderr=True)
     tty = console.is_terminal
     lock = threading.Lock()
-    history: dict[str, list[dict[str, Any]]] = {}
+    history: dict[str, list[Epoch]] = {}
     progress = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
                         transient=False) if tty else None
@@ -50,7 +52,7 @@ def run_headless(audit: Audit, task: TaskData | None = None) -> dict[str, str]:
             if isinstance(event, RunStarted):
                 history[event.run_id] = []
                 if progress is not None:
-                    tasks[event.run_id] = progress.add_task(event.run_id, total=event.header["epochs"],
+                    tasks[event.run_id] = progress.add_task(event.run_id, total=event.header.epochs,
                                                             completed=event.resumed_from, status="running")
                 else:
                     print(f"{event.run_id:<22} started" + (f" (resumed after epoch {event.resumed_from})"
@@ -59,7 +61,7 @@ def run_headless(audit: Audit, task: TaskData | None = None) -> dict[str, str]:
                 history[event.run_id].append(event.record)
                 label = verdict(history[event.run_id]).label
                 if progress is not None:
-                    progress.update(tasks[event.run_id], completed=event.record["epoch"], status=label)
+                    progress.update(tasks[event.run_id], completed=event.record.epoch, status=label)
                     for alert in event.alerts:
                         progress.console.print(f"[bold red]WALK BACK[/] {alert.text}")
                 else:

@@ -17,7 +17,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from engine.fmt import nonfinite
 from engine.fmt import num as fmt
+from engine.records import Epoch
 from engine.verdicts import DIAGNOSTICS, WALK_BACK
 
 from .state import AuditState, RunView
@@ -30,7 +32,7 @@ def num(v: float | None, signed: bool = False) -> Text:
     if v is None:
         return Text("n/m", style="dim")  # not measured at this epoch (a cadence)
     if not math.isfinite(v):
-        return Text("NaN" if math.isnan(v) else ("+inf" if v > 0 else "-inf"), style="bold red")
+        return Text(nonfinite(v), style="bold red")
     if signed:
         return Text(f"{v:+.3f}")
     return Text(fmt(v), style="bold red" if v == 0 else "")
@@ -69,19 +71,19 @@ def at(values: list[Any] | None, i: int) -> Any:
     return None if values is None or i >= len(values) else values[i]
 
 
-def scale_table(rec: dict[str, Any]) -> Table:
+def scale_table(rec: Epoch) -> Table:
     t = Table(title="scale", title_justify="left", expand=False, padding=(0, 1))
     t.add_column("l", justify="right")
     for name in ("‖h_l‖", "‖g_l‖", "‖a_l‖"):
         t.add_column(name, no_wrap=True)
     ranges = {}
     for key in ("h_norm", "g_norm", "a_norm"):
-        logs = [math.log10(v) for v in rec.get(key) or [] if v is not None and math.isfinite(v) and v > 0]
+        logs = [math.log10(v) for v in getattr(rec, key) if v is not None and math.isfinite(v) and v > 0]
         ranges[key] = (min(logs) - 0.5, max(logs)) if logs else (0.0, 1.0)
-    for i in range(len(rec["h_norm"])):
+    for i in range(len(rec.h_norm)):
         cells = []
         for key in ("h_norm", "g_norm", "a_norm"):
-            v = at(rec.get(key), i)
+            v = at(getattr(rec, key), i)
             val = num(v)
             val.pad_right(max(0, 9 - len(val)))
             cells.append(Text.assemble(val, " ", log_bar(v, *ranges[key])))
@@ -89,8 +91,8 @@ def scale_table(rec: dict[str, Any]) -> Table:
     return t
 
 
-def alignment_table(rec: dict[str, Any]) -> Table:
-    degenerate = bool(rec.get("degenerate"))
+def alignment_table(rec: Epoch) -> Table:
+    degenerate = bool(rec.degenerate)
     t = Table(title="alignment" + ("  (DEGENERATE)" if degenerate else ""), title_justify="left",
               title_style="bold magenta" if degenerate else "", padding=(0, 1))
     t.add_column("l", justify="right")
@@ -98,16 +100,16 @@ def alignment_table(rec: dict[str, Any]) -> Table:
     t.add_column("null band", no_wrap=True)
     t.add_column("-1 ··· 0 ··· +1", no_wrap=True)
     t.add_column("ρ", no_wrap=True)
-    for i in range(len(rec["cos"])):
-        cos, std = at(rec.get("cos"), i), at(rec.get("cos_std"), i)
-        nm, ns = at(rec.get("null_mean"), i), at(rec.get("null_std"), i)
+    for i in range(len(rec.cos)):
+        cos, std = at(rec.cos, i), at(rec.cos_std, i)
+        nm, ns = at(rec.null_mean, i), at(rec.null_std, i)
         cos_cell = Text.assemble(num(cos, True), "±", num(std) if std is not None else "")
-        excluded = at(rec.get("cos_excluded"), i)
+        excluded = at(rec.cos_excluded, i)
         if excluded:
             cos_cell.append(f" ({excluded} excl.)", style="yellow")
         band = None if nm is None or ns is None else (nm - ns, nm + ns)
         band_cell = Text("—", style="dim") if band is None else Text.assemble(num(nm, True), "±", num(ns))
-        rho_cell = num(at(rec.get("rho"), i), True)
+        rho_cell = num(at(rec.rho, i), True)
         if degenerate:
             cos_cell.stylize("dim")
             rho_cell.stylize("dim")
@@ -117,26 +119,26 @@ def alignment_table(rec: dict[str, Any]) -> Table:
     return t
 
 
-def summary(view: RunView, rec: dict[str, Any], state: AuditState) -> Text:
+def summary(view: RunView, rec: Epoch, state: AuditState) -> Text:
     th = state.cfg.thresholds
     total = view.log.total_epochs or state.cfg.epochs
     text = Text()
     text.append(f"{view.run_id}", style=f"bold color({view.color})")
-    text.append(f"  epoch {rec['epoch']}/{total}  (←/→ epoch, [/] run)\n", style="")
-    base = rec.get("baseline_acc")
-    text.append(f"acc {fmt(rec['test_acc'])}" + (f" vs frozen {fmt(base)}" if base is not None else ""))
-    text.append(f"  growth {fmt(rec['growth'])} (a>{fmt(DIAGNOSTICS['a'].threshold(th))})")
-    text.append(f"  ‖g_L‖ {fmt(rec['g_L'])} (b<{fmt(DIAGNOSTICS['b'].threshold(th))})")
-    text.append(f"  stability {fmt(rec['stability'])} {rec.get('stability_mode', '')}\n")
-    text.append(f"Γ {fmt(rec['gamma'])}  deep cos {fmt(rec['deep_cos'])}  deep ρ {fmt(rec.get('deep_rho'))}  ")
-    fired = rec.get("fired") or []
+    text.append(f"  epoch {rec.epoch}/{total}  (←/→ epoch, [/] run)\n", style="")
+    base = rec.baseline_acc
+    text.append(f"acc {fmt(rec.test_acc)}" + (f" vs frozen {fmt(base)}" if base is not None else ""))
+    text.append(f"  growth {fmt(rec.growth)} (a>{fmt(DIAGNOSTICS['a'].threshold(th))})")
+    text.append(f"  ‖g_L‖ {fmt(rec.g_L)} (b<{fmt(DIAGNOSTICS['b'].threshold(th))})")
+    text.append(f"  stability {fmt(rec.stability)} {rec.stability_mode}\n")
+    text.append(f"Γ {fmt(rec.gamma)}  deep cos {fmt(rec.deep_cos)}  deep ρ {fmt(rec.deep_rho)}  ")
+    fired = rec.fired
     text.append("fired: " + (" ".join(f"({k})" for k in fired) if fired else "none"),
                 style="bold red" if any(k in fired for k in WALK_BACK) else "green")
     return text
 
 
-def degenerate_banner(rec: dict[str, Any]) -> Text:
-    if not rec.get("degenerate"):
+def degenerate_banner(rec: Epoch) -> Text:
+    if not rec.degenerate:
         return Text("")
     return Text(f"DEGENERATE at this epoch: (b) fired, {DIAGNOSTICS['b'].meaning}. cos and ρ are shown "
                 "for completeness only.", style="bold magenta")
@@ -185,7 +187,7 @@ class InspectorScreen(Screen):
         self.query_one("#summary", Static).update(summary(view, rec, self.state))
         banner = self.query_one("#banner", Static)
         banner.update(degenerate_banner(rec))
-        banner.display = bool(rec.get("degenerate"))
+        banner.display = bool(rec.degenerate)
         self.query_one("#scale", Static).update(scale_table(rec))
         self.query_one("#alignment", Static).update(alignment_table(rec))
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from engine.audit import RunSpec
 from engine.config import AuditConfig
 from engine.events import BatchProgress, EpochDone, Event, RunEnded, RunStarted
+from engine.plan import RunSpec
+from engine.records import End, Epoch, Header, Record, Start
 from engine.runstore import RunLog
-from engine.verdicts import Alert, Verdict, new_alerts, verdict
+from engine.verdicts import Alert, Verdict, evaluate, new_alerts, verdict
 
 # (256-colour index, marker) per run, in order of appearance: the marker keeps series
 # apart when NO_COLOR turns the colours grey
@@ -35,7 +35,6 @@ class RunView:
     index: int  # order of appearance: picks the colour and marker
     log: RunLog
     queued: bool = False  # submitted to the runner, not started yet
-    started: bool = False  # RunStarted seen in this process (live mode)
     progress: tuple[int, int, int] | None = None  # epoch, batch, batches of the epoch in training
     alerts: list[Alert] = field(default_factory=list)
     _verdict: tuple[int, Verdict] | None = None
@@ -61,7 +60,7 @@ class RunView:
 
     @property
     def last_epoch(self) -> int:
-        return self.log.epochs[-1]["epoch"] if self.log.epochs else 0
+        return self.log.epochs[-1].epoch if self.log.epochs else 0
 
     def status(self, live: bool) -> str:
         return "queued" if self.queued else self.log.status(live)
@@ -79,23 +78,20 @@ class AuditState:
         self.alerts: list[Alert] = []
         self.version = 0  # bumped on any change: the run list and alert log redraw
         self.epoch_version = 0  # bumped on new epoch records: the charts and inspector redraw
-        self.error: str | None = None
 
     # ---- building the run list -------------------------------------------------------
     def add_spec(self, spec: RunSpec, queued: bool = False) -> RunView:
         view = self.runs.get(spec.run_id)
         if view is None:
-            view = RunView(spec, len(self.runs), RunLog(spec.run_id))
+            view = RunView(spec, len(self.runs), RunLog(spec.run_id, thresholds=self.cfg.thresholds))
             self.runs[spec.run_id] = view
         view.queued = view.queued or queued
         self.version += 1
         return view
 
-    def _view(self, run_id: str, header: dict[str, Any] | None = None) -> RunView:
+    def _view(self, run_id: str, header: Header | None = None) -> RunView:
         if run_id not in self.runs:
-            h = header or {}
-            spec = RunSpec(run_id, h.get("method", "?"), h.get("seed", 0), h.get("penalty", 0.0), h.get("parent"))
-            self.add_spec(spec)
+            self.add_spec(RunSpec.of(header) if header is not None else RunSpec(run_id, "?", 0))
         return self.runs[run_id]
 
     def ordered(self) -> list[RunView]:
@@ -130,8 +126,8 @@ class AuditState:
         if isinstance(event, RunStarted):
             view = self._view(event.run_id, event.header)
             view.log.add(event.header)
-            view.log.add({"type": "start", "epoch": event.resumed_from})  # the line the trainer wrote
-            view.started, view.queued = True, False
+            view.log.add(Start(epoch=event.resumed_from))  # the line the trainer wrote
+            view.queued = False
             view.progress = (event.resumed_from + 1, 0, 1)
         elif isinstance(event, EpochDone):
             view = self._view(event.run_id)
@@ -146,23 +142,22 @@ class AuditState:
             return fresh
         elif isinstance(event, RunEnded):
             view = self._view(event.run_id)
-            if view.log.end is None or view.log.end.get("status") != event.status:
-                view.log.add({"type": "end", "status": event.status, "message": event.message,
-                              "epoch": view.last_epoch})
+            if view.log.end is None or view.log.end.status != event.status:
+                view.log.add(End(status=event.status, message=event.message, epoch=view.last_epoch))
             view.progress = None
             view.queued = False
         self.version += 1
         return []
 
-    def ingest_line(self, run_id: str, rec: dict[str, Any]) -> list[Alert]:
+    def ingest_line(self, run_id: str, rec: Record) -> list[Alert]:
         """One line of a run's records.jsonl, turned into the event training would have sent."""
-        kind = rec.get("type")
-        view = self._view(run_id, rec if kind == "header" else None)
-        if kind == "epoch":
-            earlier = [e for e in view.log.epochs if e["epoch"] < rec["epoch"]]
+        view = self._view(run_id, rec if isinstance(rec, Header) else None)
+        if isinstance(rec, Epoch):
+            rec = evaluate(rec, self.cfg.thresholds)  # derived fields are never taken from the file
+            earlier = [e for e in view.log.epochs if e.epoch < rec.epoch]
             return self.apply(EpochDone(run_id, rec, new_alerts(run_id, earlier, rec, self.cfg.thresholds)))
-        view.log.add(rec)  # header, start (or the older "resume"), end
-        if kind == "end":
+        view.log.add(rec)  # header, start, end
+        if isinstance(rec, End):
             view.progress = None
         self.version += 1
         return []

@@ -1,0 +1,148 @@
+"""How the console trains an audit or follows one: the feeds' side of ``FaevalApp``.
+
+A new audit loads its data on a thread before its directory exists (a refusal leaves
+nothing behind, as ``faeval-tui run``); a resumed audit's runner loads its own. Engine
+events arrive as messages from the training thread; ``watch`` polls the files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual import work
+from textual.message import Message
+from textual.worker import Worker, WorkerState
+
+from engine.audit import Audit
+from engine.data import TaskData, load_task
+from engine.device import training_device
+from engine.errors import FaevalError
+from engine.events import Event
+from engine.plan import plan_runs
+from engine.verdicts import Alert
+
+from .dialogs import ErrorScreen
+from .feeds import FileFeed, LiveFeed
+from .state import AuditState
+
+
+@dataclass
+class EngineEvent(Message):
+    """An engine event, posted from a training thread."""
+
+    event: Event
+
+
+@dataclass
+class TaskLoaded(Message):
+    """The data of a new audit, loaded on a thread, ready for the runner."""
+
+    task: TaskData
+
+
+@dataclass
+class TrainingFailed(Message):
+    """Training could not start or go on (a missing dataset, a locked audit)."""
+
+    error: FaevalError
+
+
+class LiveMixin:
+    """Training and following, mixed into ``FaevalApp`` (which owns the state and the widgets)."""
+
+    def _begin_live(self, resume: Audit | None) -> None:
+        if resume is not None:
+            self._start(resume, None)  # its runner loads the data on the training thread
+            return
+        # device and data before the audit directory, as `faeval-tui run`: a refusal leaves nothing behind
+        for spec in plan_runs(self.cfg):
+            self.state.add_spec(spec, queued=True)  # the run list shows what will train meanwhile
+        self._set_mode(f"loading the {self.cfg.dataset} data")
+        self._load()
+
+    @work(thread=True, exclusive=True, group="loading", name="loading", exit_on_error=False)
+    def _load(self) -> None:
+        """Resolve the device and load the task off the event loop (CIFAR takes seconds)."""
+        try:
+            training_device(self.cfg)
+            task = load_task(self.cfg)
+        except FaevalError as err:
+            self.post_message(TrainingFailed(err))
+            return
+        self.post_message(TaskLoaded(task))  # on the CPU: the runner places it
+
+    def on_task_loaded(self, message: TaskLoaded) -> None:
+        if self._quitting:
+            return  # quit while the data loaded
+        try:
+            audit = Audit.create(self.cfg, self.runs_dir)
+        except FaevalError as err:
+            self._not_training()
+            self.push_screen(ErrorScreen("Cannot create the audit", err))
+            return
+        self._start(audit, message.task)
+
+    def _start(self, audit: Audit, task: TaskData | None) -> None:
+        """Train ``audit`` (new, on ``task``; or resumed, loading its own data)."""
+        self.audit = audit
+        self.cfg = audit.cfg
+        self.state = AuditState(audit.path, audit.cfg)
+        self._seen = (-1, -1, None)  # a new state object: its version numbers say nothing about the old one's
+        FileFeed(audit, self.state).poll()  # a resumed audit's history (empty for a new one)
+        try:
+            self.live_feed = LiveFeed(audit, lambda event: self.post_message(EngineEvent(event)), task=task)
+        except FaevalError as err:  # the runner refuses the device (e.g. bf16 on a GPU without it)
+            self.on_training_failed(TrainingFailed(err))
+            return
+        for spec in self.live_feed.submit_unfinished():
+            self.state.add_spec(spec, queued=True)
+        self.state.set_live(True)
+        self.mode = "live" if task is not None else "resumed"
+        self.training = self._train()
+        self.flush()
+
+    def _set_mode(self, mode: str) -> None:
+        self.mode = mode
+        self.sub_title = self._subtitle()  # now: flush redraws it only when the state changes
+
+    @work(thread=True, exclusive=True, group="training", name="training", exit_on_error=False)
+    def _train(self) -> None:
+        try:
+            self.live_feed.train()
+        except FaevalError as err:
+            self.post_message(TrainingFailed(err))
+
+    def _poll_files(self) -> None:
+        self._announce(self.file_feed.poll())
+
+    def on_engine_event(self, message: EngineEvent) -> None:
+        self._announce(self.state.apply(message.event))
+
+    def on_training_failed(self, message: TrainingFailed) -> None:
+        self._not_training()
+        self.push_screen(ErrorScreen("Training cannot start", message.error))
+
+    def _not_training(self) -> None:
+        for view in self.state.runs.values():
+            view.queued = False  # nothing will train them: "not started", not "queued"
+        self.state.version += 1
+        self.state.set_live(False)
+        self._set_mode("not training")
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.name == "loading" and event.state == WorkerState.ERROR:
+            self._not_training()
+            self.push_screen(ErrorScreen("Loading the data failed with an internal error", repr(event.worker.error)))
+            return
+        if event.worker.name != "training" or not event.worker.is_finished:
+            return
+        self.state.set_live(False)
+        if event.state == WorkerState.ERROR:
+            self.push_screen(ErrorScreen("Training stopped with an internal error", repr(event.worker.error)))
+
+    def _announce(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            # the toast says what fired; the alert log keeps the whole text with its meaning
+            self.notify(alert.headline + " (details in the alert log)", title=f"WALK BACK · {alert.run_id}",
+                        severity="error", timeout=8)
+        if alerts and self.bell_on:
+            self.bell()
