@@ -73,6 +73,7 @@ class FaevalApp(LiveMixin, App[None]):
         # the subtitle's first word: loading the <dataset> data, live, resumed, watch (read-only), not training
         self.mode = "starting"
         self._quitting = False  # set by shutdown: data loaded after it creates no audit
+        self.failure: FaevalError | None = None  # why training could not start, if it could not
         self._seen = (-1, -1, None)  # state version, epoch version, selection last drawn
         self._alerts_shown = 0
 
@@ -285,6 +286,8 @@ def launch(cfg: AuditConfig, runs_dir: Path | str, bell: bool = True) -> None:
     app.run()
     if app.audit is not None:
         print(f"audit directory: {app.audit.path}")
+    if app.failure is not None:
+        raise app.failure  # the CLI prints it again below the closed console and exits 2
 
 
 def watch(audit_dir: Path | str, bell: bool = True) -> None:

@@ -118,6 +118,7 @@ class LiveMixin:
         self._announce(self.state.apply(message.event))
 
     def on_training_failed(self, message: TrainingFailed) -> None:
+        self.failure = message.error  # the command exits non-zero with it once the console closes
         self._not_training()
         self.push_screen(ErrorScreen("Training cannot start", message.error))
 
