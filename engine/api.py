@@ -2,7 +2,7 @@
 
     from engine.api import audit_model, HiddenStateAdapter
     result = audit_model(model, x, y, credit="bp")           # a ResMLP or any Auditable
-    result.verdict.label, result.record["cos"], result.table()
+    result.verdict.label, result.record.cos, result.table()
 
 A model that is not laid out like the protocol's ResMLP is wrapped in a
 ``HiddenStateAdapter`` that names its embedding, its blocks and its head. The
