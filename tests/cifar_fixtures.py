@@ -20,8 +20,8 @@ import pickle
 import struct
 import tarfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-
 from typer.testing import CliRunner
 
 from faeval_tui.cli import app
@@ -20,6 +19,7 @@ def _positive_finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
+@pytest.mark.slow  # trains real audits, two of them in worker processes, and drives the console
 def test_quick_bench_writes_every_key_with_positive_finite_values(tmp_path):
     out = tmp_path / "bench.json"
     md = tmp_path / "bench.md"

@@ -18,11 +18,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from cifar_fixtures import LAYOUT, make_cifar_archive, py2_pickle, serve_directory
-from engine.cifar import (CIFAR_SPECS, CifarSpec, _safe_extractall, default_data_dir, download_cifar, find_cifar,
-                          load_cifar)
+
+from engine.cifar import (
+    CIFAR_SPECS,
+    CifarSpec,
+    _safe_extractall,
+    default_data_dir,
+    download_cifar,
+    find_cifar,
+    load_cifar,
+)
 from engine.errors import DataError
+from tests.conftest import WAIT_S
 
 
 def spec_for(name: str, url: str, md5: str) -> CifarSpec:
@@ -116,7 +124,7 @@ def test_network_failure_says_where_to_put_the_file(tmp_path, reachable):
         with serve_directory(tmp_path / "srv") as base:
             url = f"{base}/{filename}"  # server up, file absent: HTTP 404
             with pytest.raises(DataError) as err:
-                download_cifar(spec_for(spec_name, url, "0" * 32), data_dir, timeout=5)
+                download_cifar(spec_for(spec_name, url, "0" * 32), data_dir, timeout=WAIT_S)
     else:
         url = f"http://127.0.0.1:{free_port()}/{filename}"
         with pytest.raises(DataError) as err:

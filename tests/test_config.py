@@ -1,9 +1,11 @@
 """Presets and --set: every mistake is named with its key, its value and what is allowed."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from engine.config import PRESETS_DIR, apply_sets, list_presets, load_config, parse_set, validate
+from engine.config import apply_sets, list_presets, load_config, parse_set, shipped_presets, validate
 from engine.errors import ConfigError
 
 PROTOCOL_PRESETS = ["synthetic_default", "cifar100_d256_L4", "cifar10_d256_L4", "cifar100_d512_L2",
@@ -11,7 +13,7 @@ PROTOCOL_PRESETS = ["synthetic_default", "cifar100_d256_L4", "cifar10_d256_L4", 
                     "cifar100_d256_L4_random"]
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(shipped_presets()))
 def test_every_shipped_preset_validates_and_names_itself(name):
     cfg = load_config(name)
     assert cfg.name == name
@@ -31,6 +33,18 @@ def test_the_protocol_presets_are_shipped_with_their_settings():
 
 def test_no_preset_means_the_synthetic_default():
     assert load_config(None).dataset == "synthetic"
+
+
+def test_shipped_presets_are_the_yaml_files_in_presets():
+    here = Path(__file__).resolve().parent.parent / "presets"
+    assert set(shipped_presets()) == {p.stem for p in here.glob("*.yaml")} >= set(PROTOCOL_PRESETS)
+    assert all(path.read_text(encoding="utf-8") == (here / f"{name}.yaml").read_text(encoding="utf-8")
+               for name, path in shipped_presets().items())
+
+
+def test_threads_defaults_to_one_and_is_set_like_any_key():
+    assert load_config(None).threads == 1
+    assert load_config(None, ["threads=3"]).threads == 3
 
 
 def test_set_overrides_top_level_and_nested_keys():
@@ -60,7 +74,8 @@ def test_wrong_type_names_key_and_value():
 @pytest.mark.parametrize("item,key", [("epochs=0", "epochs"), ("d=-3", "d"), ("lr=0", "lr"),
                                       ("methods=[bp,sgd]", "methods"), ("dataset=mnist", "dataset"),
                                       ("device=tpu", "device"), ("penalties=[-1]", "penalties"),
-                                      ("seeds=[]", "seeds")])
+                                      ("seeds=[]", "seeds"), ("threads=0", "threads"),
+                                      ("threads=two", "threads")])
 def test_out_of_range_values_are_refused_with_what_is_allowed(item, key):
     with pytest.raises(ConfigError) as err:
         load_config(None, [item])

@@ -1,12 +1,14 @@
 """Pilot tests: each console flow against the real engine on a tiny preset.
 
 Training runs in the app's threads exactly as for a user; the tests wait on the
-state (with a deadline) and assert on what the screen and the files hold.
+state (polling, with a deadline only a hang reaches) and assert on what the screen
+and the files hold.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,26 +18,31 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Static
 
-from engine.audit import Audit, AuditLock, RunSpec
+from engine.audit import Audit
 from engine.config import load_config
-from engine.runstore import RECORDS, read_run
+from engine.fmt import num
+from engine.plan import RunSpec
+from engine.records import Start
+from engine.runstore import RECORDS, AuditLock, append_line, read_run
 from faeval_tui.app import REPORT, FaevalApp
 from faeval_tui.dialogs import ErrorScreen, QuitDialog, RerunDialog, ResumeDialog
-from faeval_tui.inspector import InspectorScreen
 from faeval_tui.feeds import FileFeed
+from faeval_tui.inspector import InspectorScreen
 from faeval_tui.runlist import AlertLog, RunTable, row
 from faeval_tui.state import AuditState
 from faeval_tui.verdict_view import VerdictScreen
+from tests.conftest import WAIT_S, tiny
+from tests.test_console_fixtures import write_fixture_audit
 
-from tests.test_console_fixtures import TINY, write_fixture_audit
-
-pytestmark = pytest.mark.asyncio
 SIZE = (100, 32)
+TINY = tiny("methods=[dfa,frozen]")  # the console tests' audit: one local method and its baseline
 
 
-async def until(pilot, cond, timeout: float = 60.0, step: float = 0.2) -> None:
+async def until(pilot, cond, timeout: float = WAIT_S, step: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
+        if not pilot.app.is_running:  # crashed or quit: nothing more will change
+            raise AssertionError(f"the app exited (return code {pilot.app.return_code}) while waiting for {cond}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {cond}")
         await pilot.pause(step)
@@ -47,10 +54,17 @@ def cell(app: FaevalApp, run_id: str, column: str) -> str:
     return str(app.query_one(RunTable).get_cell(run_id, column))
 
 
+def last_epoch(app: FaevalApp, run_id: str) -> int:
+    """The run's last recorded epoch; 0 while the console has not listed it yet."""
+    view = app.state.runs.get(run_id)
+    return 0 if view is None else view.last_epoch
+
+
 def finished(app: FaevalApp) -> bool:
     return bool(app.state.runs) and not app.state.active()
 
 
+@pytest.mark.asyncio
 async def test_launch_trains_every_run_and_an_alert_walks_a_run_back(tmp_path: Path) -> None:
     cfg = load_config(None, TINY + ["thresholds.growth=1.0001"])
     app = FaevalApp(cfg=cfg, runs_dir=tmp_path, bell=True)
@@ -70,12 +84,17 @@ async def test_launch_trains_every_run_and_an_alert_walks_a_run_back(tmp_path: P
         assert bells, "the bell rings on a walk-back alert"
         assert any("WALK BACK" in (n.title or "") for n in app._notifications)
         records = read_run(app.audit.path / "dfa-s42" / RECORDS)
-        assert [r["epoch"] for r in records.epochs] == [1, 2] and records.end["status"] == "finished"
+        assert [r.epoch for r in records.epochs] == [1, 2] and records.end.status == "finished"
+        assert app.is_running and app.return_code is None
         await pilot.press("q")  # nothing active: quits without asking
-        await pilot.pause()
-    assert app.return_code == 0 or app.return_code is None
+        deadline = time.monotonic() + WAIT_S
+        while app.is_running:
+            assert time.monotonic() < deadline, "q did not exit the app"
+            await asyncio.sleep(0.05)
+    assert app.return_code == 0 and not app.is_running
 
 
+@pytest.mark.asyncio
 async def test_no_bell_keeps_quiet(tmp_path: Path) -> None:
     app = FaevalApp(cfg=load_config(None, TINY + ["thresholds.growth=1.0001", "methods=[frozen]"]),
                     runs_dir=tmp_path, bell=False)
@@ -86,6 +105,7 @@ async def test_no_bell_keeps_quiet(tmp_path: Path) -> None:
         assert bells == []
 
 
+@pytest.mark.asyncio
 async def test_rerun_export_and_verdicts_on_a_trained_audit(tmp_path: Path) -> None:
     app = FaevalApp(cfg=load_config(None, TINY), runs_dir=tmp_path, bell=False)
     async with app.run_test(size=SIZE) as pilot:
@@ -104,7 +124,7 @@ async def test_rerun_export_and_verdicts_on_a_trained_audit(tmp_path: Path) -> N
         assert order.index("dfa-lam0.001-s42") == order.index("dfa-s42") + 1  # listed under its parent
         assert cell(app, "dfa-lam0.001-s42", "method") == "  ↳ dfa"
         header = read_run(app.audit.path / "dfa-lam0.05-s42" / RECORDS).header
-        assert (header["parent"], header["penalty"]) == ("dfa-s42", 0.05)
+        assert (header.parent, header.penalty) == ("dfa-s42", 0.05)
         # reruns join the charts
         chart = app.query_one("#chart-acc")
         assert "dfa-lam0.05-s42" in [s.label for s in chart.series]
@@ -122,6 +142,7 @@ async def test_rerun_export_and_verdicts_on_a_trained_audit(tmp_path: Path) -> N
         assert any(str(report) in str(n.message) for n in app._notifications)
 
 
+@pytest.mark.asyncio
 async def test_inspector_marks_degenerate_values_and_steps_epochs(tmp_path: Path) -> None:
     app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
     async with app.run_test(size=SIZE) as pilot:
@@ -148,6 +169,7 @@ def _plain(widget: Static) -> str:
     return console.export_text()
 
 
+@pytest.mark.asyncio
 async def test_unplottable_values_are_marked_not_dropped(tmp_path: Path) -> None:
     app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
     async with app.run_test(size=(160, 48)) as pilot:
@@ -157,10 +179,12 @@ async def test_unplottable_values_are_marked_not_dropped(tmp_path: Path) -> None
         assert ("dfa-s42", 5, 0.0) in [(s.label, x, v) for s in g_chart.series for x, v in s.points]
         rendered = g_chart.plt.build()
         assert "dfa-s42 e5 = 0" in rendered and "▼" in rendered
-        assert "fa-s42 e3 = NaN" in h_chart.plt.build()
+        assert f"fa-s42 e3 = {num(math.nan)}" in h_chart.plt.build()  # spelled as every table spells it
         assert "(b) floor 1e-07" in rendered  # the declared threshold, drawn
 
 
+@pytest.mark.slow
+@pytest.mark.asyncio
 async def test_watch_follows_an_audit_another_process_trains(tmp_path: Path) -> None:
     runs_dir = tmp_path / "runs"
     exe = Path(sys.executable).parent / "faeval-tui"
@@ -168,21 +192,21 @@ async def test_watch_follows_an_audit_another_process_trains(tmp_path: Path) -> 
     proc = subprocess.Popen([str(exe), "run", "--runs-dir", str(runs_dir), *sets], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + WAIT_S
         while not (runs_dir.is_dir() and any(runs_dir.glob("*/config.yaml"))):
             assert time.monotonic() < deadline and proc.poll() is None
             await asyncio.sleep(0.1)
         audit_dir = next(runs_dir.glob("*/config.yaml")).parent
         app = FaevalApp(watch=Audit.open(audit_dir), bell=False, poll_s=0.3)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.state.live or proc.poll() is not None, timeout=60)
+            await until(pilot, lambda: app.state.live or proc.poll() is not None)
             await until(pilot, lambda: proc.poll() is not None and not app.state.live
-                        and all(v.log.end for v in app.state.runs.values()), timeout=90)
+                        and all(v.log.end for v in app.state.runs.values()))
             app.flush()
             assert set(app.state.runs) == {"frozen-s42", "dfa-s42"}
             for rid, view in app.state.runs.items():
                 on_disk = read_run(audit_dir / rid / RECORDS)
-                assert [e["epoch"] for e in view.log.epochs] == [e["epoch"] for e in on_disk.epochs] == [1, 2]
+                assert [e.epoch for e in view.log.epochs] == [e.epoch for e in on_disk.epochs] == [1, 2]
                 assert cell(app, rid, "status") == "finished"
             assert cell(app, "dfa-s42", "verdict").startswith("WALKED BACK")
             assert {(a.run_id, a.diagnostic) for a in app.state.alerts} >= {("dfa-s42", "a"), ("frozen-s42", "a")}
@@ -195,11 +219,12 @@ async def test_watch_follows_an_audit_another_process_trains(tmp_path: Path) -> 
     assert proc.returncode == 0
 
 
+@pytest.mark.asyncio
 async def test_quit_asks_stops_runs_and_a_later_launch_resumes_them(tmp_path: Path) -> None:
     cfg = load_config(None, TINY + ["epochs=1000", "synthetic.n_train=4096", "methods=[frozen]"])
     app = FaevalApp(cfg=cfg, runs_dir=tmp_path, bell=False)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.state.runs["frozen-s42"].last_epoch >= 1)
+        await until(pilot, lambda: last_epoch(app, "frozen-s42") >= 1)
         await pilot.press("q")
         await pilot.pause()
         assert isinstance(app.screen, QuitDialog)
@@ -207,11 +232,11 @@ async def test_quit_asks_stops_runs_and_a_later_launch_resumes_them(tmp_path: Pa
         await pilot.pause()
         assert not isinstance(app.screen, QuitDialog) and app.state.live
         await pilot.press("q", "y")
-        await until(pilot, lambda: app.training.is_finished, timeout=30)
+        await until(pilot, lambda: app.training.is_finished)
     audit_dir = app.audit.path
     stopped = read_run(audit_dir / "frozen-s42" / RECORDS)
-    assert stopped.end["status"] == "stopped" and (audit_dir / "frozen-s42" / "checkpoint.pt").is_file()
-    kept = stopped.epochs[-1]["epoch"]
+    assert stopped.end.status == "stopped" and (audit_dir / "frozen-s42" / "checkpoint.pt").is_file()
+    kept = stopped.epochs[-1].epoch
 
     again = FaevalApp(cfg=cfg, runs_dir=tmp_path, bell=False)
     async with again.run_test(size=SIZE) as pilot:
@@ -219,21 +244,22 @@ async def test_quit_asks_stops_runs_and_a_later_launch_resumes_them(tmp_path: Pa
         assert isinstance(again.screen, ResumeDialog)
         assert again.screen.candidates[0][0].path == audit_dir
         await pilot.press("enter")  # the first option: resume that audit
-        await until(pilot, lambda: again.state.runs["frozen-s42"].last_epoch > kept)
+        await until(pilot, lambda: last_epoch(again, "frozen-s42") > kept)
         assert again.audit.path == audit_dir and len(list(tmp_path.iterdir())) == 1  # no new audit
         assert cell(again, "frozen-s42", "status") == "running"
         await pilot.press("q", "y")
-        await until(pilot, lambda: again.training.is_finished, timeout=30)
+        await until(pilot, lambda: again.training.is_finished)
     resumed = [json.loads(line) for line in (audit_dir / "frozen-s42" / RECORDS).read_text().splitlines()]
     starts = [r["epoch"] for r in resumed if r["type"] == "start"]
     assert starts == [0, kept]  # the first start, then the resume from the kept checkpoint
 
 
+@pytest.mark.asyncio
 async def test_missing_dataset_is_explained_not_a_traceback(tmp_path: Path) -> None:
     cfg = load_config(None, TINY + ["dataset=cifar10", f"data_dir={tmp_path / 'nodata'}", "download=false"])
     app = FaevalApp(cfg=cfg, runs_dir=tmp_path / "runs", bell=False)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, ErrorScreen), timeout=30)
+        await until(pilot, lambda: isinstance(app.screen, ErrorScreen))
         shown = _plain(app.screen.query_one("#problem", Static)) + _plain(app.screen.query_one("#hint", Static))
         assert "CIFAR-10 not found" in shown and "cifar-10-python.tar.gz" in shown and "--data-dir" in shown
         await pilot.press("q")
@@ -241,6 +267,7 @@ async def test_missing_dataset_is_explained_not_a_traceback(tmp_path: Path) -> N
     assert not app.state.live
 
 
+@pytest.mark.asyncio
 async def test_help_lists_every_key(tmp_path: Path) -> None:
     app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
     async with app.run_test(size=SIZE) as pilot:
@@ -252,6 +279,7 @@ async def test_help_lists_every_key(tmp_path: Path) -> None:
             assert any(line.split()[:1] == [key] and what in line for line in text.splitlines()), (key, what)
 
 
+@pytest.mark.asyncio
 async def test_a_redraw_tick_during_shutdown_draws_nothing(tmp_path: Path) -> None:
     """The redraw timer can fire while shutdown prunes the screens (seen in CI as NoMatches: RunTable)."""
     ticks: list[int] = []
@@ -287,8 +315,7 @@ def test_watch_shows_a_queued_rerun_as_queued_until_its_start_line(tmp_path: Pat
         assert row(state, state.runs["fa-lam0.1-s42"])[5] == "0/5"
         planned = state.add_spec(RunSpec("bp-s7", "bp", 7, 0.0, None), queued=True)  # no run directory yet
         assert row(state, planned)[4].plain == "queued" and row(state, planned)[5] == "0/5"
-        with open(audit.run_dir("fa-lam0.1-s42") / RECORDS, "a") as fh:
-            fh.write(json.dumps({"type": "start", "epoch": 0, "time": "2026-11-22T03:00:00+00:00"}) + "\n")
+        append_line(audit.run_dir("fa-lam0.1-s42") / RECORDS, Start(epoch=0, time="2026-11-22T03:00:00+00:00"))
         state = _watched(audit)
         assert row(state, state.runs["fa-lam0.1-s42"])[4].plain == "running"
     state = _watched(audit)  # nobody trains it any more
@@ -313,6 +340,7 @@ def test_watch_lists_a_finished_audits_alerts_in_the_order_they_fired(tmp_path: 
     assert after[0] == "fa-s42"
 
 
+@pytest.mark.asyncio
 async def test_wide_verdict_tables_scroll_sideways_a_column_at_a_time_keeping_their_row_names(tmp_path: Path) -> None:
     app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -337,6 +365,7 @@ async def test_wide_verdict_tables_scroll_sideways_a_column_at_a_time_keeping_th
         assert grid.scroll_x == 0 and layers.scroll_x == 0
 
 
+@pytest.mark.asyncio
 async def test_the_subtitle_says_how_long_the_audit_has_left_while_it_trains(tmp_path: Path) -> None:
     path = write_fixture_audit(tmp_path / "a")
     # the unended rerun (3 of 5 epochs) took 100 s per epoch; dfa-s42's 5 epochs took 0.1 s each

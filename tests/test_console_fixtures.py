@@ -10,42 +10,39 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 from engine.config import load_config
-from engine.runstore import RECORDS, dumps, write_config
+from engine.records import End, Epoch, Header, Start
+from engine.runstore import RECORDS, write_config
 from engine.verdicts import evaluate
+from tests.conftest import tiny
 
-TINY = ["epochs=2", "d=16", "synthetic.n_train=512", "synthetic.n_test=1024", "diagnostics.rho_directions=4",
-        "seeds=[42]", "methods=[dfa,frozen]"]
+TINY = tiny("methods=[dfa,frozen]")
 FIXTURE_SETS = ["epochs=5", "L=2", "seeds=[42]", "methods=[bp,fa,dfa,frozen]"]
 FIXTURE_TIME = "2026-01-01T00:00:00+00:00"
 
 
 def record(epoch: int, acc: float, base: float | None, h: list[float], g: list[float], cos: list[float],
-           stability: float, null: bool, rho: bool = True) -> dict[str, Any]:
+           stability: float, null: bool, rho: bool = True) -> Epoch:
     growth = max(h[i] / h[i - 1] for i in range(1, len(h)))
-    return {"type": "epoch", "epoch": epoch, "test_acc": acc, "test_loss": 1.0, "train_loss": 1.0, "lr": 1e-3,
-            "h_norm": h, "g_norm": g, "a_norm": [0.5 * x for x in h], "cos": cos, "cos_std": [0.2] * len(cos),
-            "cos_excluded": [0] * len(cos), "growth": growth, "g_L": g[-1], "stability": stability,
-            "rho": [c * 0.9 for c in cos] if rho else None,
-            "null_mean": [0.01] * len(cos) if null else None, "null_std": [0.06] * len(cos) if null else None,
-            "gamma": sum(cos) / len(cos), "deep_cos": sum(cos[1:]) / (len(cos) - 1),
-            "deep_rho": sum(cos[1:]) / (len(cos) - 1) * 0.9 if rho else None, "baseline_acc": base,
-            "train_s": 0.1, "diag_s": {}}
+    return Epoch(epoch=epoch, test_acc=acc, test_loss=1.0, train_loss=1.0, lr=1e-3, h_norm=h, g_norm=g,
+                 a_norm=[0.5 * x for x in h], cos=cos, cos_std=[0.2] * len(cos), cos_excluded=[0] * len(cos),
+                 growth=growth, g_L=g[-1], stability=stability, rho=[c * 0.9 for c in cos] if rho else None,
+                 null_mean=[0.01] * len(cos) if null else None, null_std=[0.06] * len(cos) if null else None,
+                 gamma=sum(cos) / len(cos), deep_cos=sum(cos[1:]) / (len(cos) - 1),
+                 deep_rho=sum(cos[1:]) / (len(cos) - 1) * 0.9 if rho else None, baseline_acc=base,
+                 train_s=0.1, time=FIXTURE_TIME)
 
 
-def runs(th) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]]:
+def runs(th) -> dict[str, tuple[Header, list[Epoch], End | None]]:
     frozen_acc = [0.20, 0.24, 0.26, 0.27, 0.28]
-    out: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]] = {}
+    out: dict[str, tuple[Header, list[Epoch], End | None]] = {}
 
-    def add(rid: str, method: str, penalty: float, parent: str | None, recs: list[dict[str, Any]],
-            end: str | None) -> None:
-        header = {"type": "header", "schema": 1, "run_id": rid, "method": method, "seed": 42, "penalty": penalty,
-                  "parent": parent, "epochs": 5, "dataset": "synthetic", "device": "cpu", "started": FIXTURE_TIME}
+    def add(rid: str, method: str, penalty: float, parent: str | None, recs: list[Epoch], end: str | None) -> None:
+        header = Header(run_id=rid, method=method, seed=42, penalty=penalty, parent=parent, epochs=5,
+                        dataset="synthetic", created=FIXTURE_TIME)
         recs = [evaluate(r, th) for r in recs]
-        tail = None if end is None else {"type": "end", "status": end, "epoch": recs[-1]["epoch"],
-                                         "message": "", "time": FIXTURE_TIME}
+        tail = None if end is None else End(status=end, epoch=recs[-1].epoch, time=FIXTURE_TIME)
         out[rid] = (header, recs, tail)
 
     add("frozen-s42", "frozen", 0.0, None,
@@ -61,8 +58,8 @@ def runs(th) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, 
                 True, rho=e % 2 == 1) for e in range(1, 6)], "finished")
     fa = [record(e, frozen_acc[e - 1] - 0.02, frozen_acc[e - 1], [2.0, 2.4, 2.9], [1e-3, 7e-4, 5e-4],
                  [0.3, 0.05, 0.01], 0.2, True) for e in range(1, 4)]
-    fa[-1]["h_norm"][-1] = math.nan
-    fa[-1]["growth"] = math.nan
+    fa[-1].h_norm[-1] = math.nan
+    fa[-1].growth = math.nan
     add("fa-s42", "fa", 0.0, None, fa, "diverged")
     add("dfa-lam0.01-s42", "dfa", 0.01, "dfa-s42",
         [record(e, 0.34 + 0.01 * e, frozen_acc[e - 1], [2.0, 2.6, 3.1], [1e-3, 6e-4, 4e-4], [0.35, 0.1, 0.08],
@@ -77,6 +74,6 @@ def write_fixture_audit(path: Path) -> Path:
     write_config(path, cfg.dump())
     for rid, (header, recs, end) in runs(cfg.thresholds).items():
         (path / rid).mkdir(exist_ok=True)
-        lines = [header, {"type": "start", "epoch": 0, "time": FIXTURE_TIME}, *recs] + ([end] if end else [])
-        (path / rid / RECORDS).write_text("".join(dumps(r) + "\n" for r in lines), encoding="utf-8")
+        lines = [header, Start(epoch=0, time=FIXTURE_TIME), *recs] + ([end] if end else [])
+        (path / rid / RECORDS).write_text("".join(r.dumps() + "\n" for r in lines), encoding="utf-8")
     return path

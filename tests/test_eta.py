@@ -5,24 +5,34 @@ import pytest
 
 from engine.eta import epoch_cost, method_costs, remaining_seconds
 from engine.fmt import duration
+from engine.records import End, Epoch, Header, Start
 from engine.runstore import RunLog
+
+
+def epoch(i: int, train_s: float | None, diag_s: dict[str, float] | None = None) -> Epoch:
+    """An epoch record whose measurements do not matter here, only its timings."""
+    one = [1.0, 1.0]
+    return Epoch(epoch=i, test_acc=0.5, test_loss=1.0, h_norm=one, g_norm=one, a_norm=one, cos=one, cos_std=one,
+                 cos_excluded=[0, 0], growth=1.0, g_L=1.0, stability=0.0, gamma=1.0, deep_cos=1.0,
+                 train_s=train_s, diag_s=diag_s or {})
 
 
 def log(method: str, costs: list[tuple[float, dict]], total: int | None = 10, end: str | None = None) -> RunLog:
     out = RunLog(f"{method}-x")
     if total is not None:
-        out.add({"type": "header", "method": method, "epochs": total})
-        out.add({"type": "start", "epoch": 0})
+        out.add(Header(run_id=f"{method}-x", method=method, seed=0, epochs=total, dataset="synthetic"))
+        out.add(Start(epoch=0))
     for i, (train_s, diag_s) in enumerate(costs):
-        out.add({"type": "epoch", "epoch": i + 1, "train_s": train_s, "diag_s": diag_s})
+        out.add(epoch(i + 1, train_s, diag_s))
     if end:
-        out.add({"type": "end", "status": end})
+        out.add(End(status=end, epoch=len(costs)))
     return out
 
 
 def test_an_epoch_costs_its_training_and_every_diagnostic():
-    assert epoch_cost({"train_s": 2.0, "diag_s": {"accuracy": 0.25, "rho": 1.0}}) == pytest.approx(3.25)
-    assert epoch_cost({"train_s": 2.0}) == 2.0
+    assert epoch_cost(epoch(1, 2.0, {"accuracy": 0.25, "rho": 1.0})) == pytest.approx(3.25)
+    assert epoch_cost(epoch(1, 2.0)) == 2.0
+    assert epoch_cost(epoch(1, None, {"probe": 0.5})) == 0.5  # nothing trained (an audit_model record)
 
 
 def test_method_costs_average_every_measured_epoch_of_the_method():

@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from markdown_it import MarkdownIt
+from test_tables import edge_audit, main_audit  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
-from engine.audit import Audit, AuditRunner
+from engine.audit import Audit
 from engine.config import load_config
 from engine.markdown import render_markdown, table_markdown
-from engine.runstore import decode
+from engine.records import decode
+from engine.scheduler import AuditRunner
 from engine.tables import Table, audit_tables
 from faeval_tui.cli import app
-from test_tables import edge_audit, main_audit  # noqa: F401  (fixtures)
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("FAEVAL_REGEN_GOLDEN") == "1"

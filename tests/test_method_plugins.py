@@ -10,13 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import Audit, AuditRunner, load_config
-from engine.methods import Method, Probe, available_methods, register_method
+from engine.methods import Method, Probe, available_methods
 from engine.methods.base import block_penalty, output_error
 from engine.trainer import load_checkpoint
-
-TINY = ["epochs=2", "d=16", "synthetic.n_train=512", "synthetic.n_test=1024", "diagnostics.rho_directions=4",
-        "seeds=[42]"]
+from tests.conftest import train
 
 
 def local_update(model, x, y, penalty, credit_fn):
@@ -98,37 +95,52 @@ class TwoPhaseNudge(Method):
 
 
 @pytest.fixture(autouse=True)
-def registered():
-    register_method(LearnedFeedbackProbe)
-    register_method(TwoPhaseNudge)
+def plugins(registered):
+    """Both plugin methods, registered for each test and removed after it."""
+    registered(LearnedFeedbackProbe)
+    registered(TwoPhaseNudge)
 
 
-def run(tmp_path, method):
-    audit = Audit.create(load_config(None, TINY + [f"methods=[{method}]"]), tmp_path)
-    runner = AuditRunner(audit)
-    runner.submit_unfinished()
-    return audit, runner.run()
+@pytest.fixture
+def run(new_audit):
+    def go(method):
+        audit = new_audit(f"methods=[{method}]")
+        return audit, train(audit)
+
+    return go
 
 
 def test_registered_methods_are_valid_preset_values():
     assert {"test_learned_fb", "test_two_phase", "bp", "fa", "dfa", "frozen"} <= set(available_methods())
 
 
-def test_learned_feedback_probe_trains_gets_every_diagnostic_and_checkpoints_its_aux_state(tmp_path):
-    audit, statuses = run(tmp_path, "test_learned_fb")
+def test_an_unregistered_method_is_no_longer_a_preset_value():
+    from engine.config import load_config
+    from engine.errors import ConfigError
+    from engine.methods import unregister_method
+
+    assert load_config(None, ["methods=[test_two_phase]"]).methods == ["test_two_phase"]
+    unregister_method("test_two_phase")  # what the `registered` fixture does after each test
+    assert "test_two_phase" not in available_methods()
+    with pytest.raises(ConfigError, match="test_two_phase"):
+        load_config(None, ["methods=[test_two_phase]"])
+
+
+def test_learned_feedback_probe_trains_gets_every_diagnostic_and_checkpoints_its_aux_state(run):
+    audit, statuses = run("test_learned_fb")
     assert statuses == {"test_learned_fb-s42": "finished"}
     rec = audit.log("test_learned_fb-s42").epochs[-1]
     for key in ("h_norm", "g_norm", "a_norm", "cos", "rho"):
-        assert len(rec[key]) == 5 and all(math.isfinite(v) for v in rec[key])
-    assert rec["null_mean"] is None  # no random feedback to redraw: no null band
+        assert len(getattr(rec, key)) == 5 and all(math.isfinite(v) for v in getattr(rec, key))
+    assert rec.null_mean is None  # no random feedback to redraw: no null band
     state = load_checkpoint(audit.path / "test_learned_fb-s42" / "checkpoint.pt")["method"]
     assert set(state) == {"aux", "aux_opt"} and state["aux_opt"]["state"]  # Adam moments were saved
 
 
-def test_two_phase_credit_is_the_gradient_in_the_small_beta_limit(tmp_path):
-    audit, statuses = run(tmp_path, "test_two_phase")
+def test_two_phase_credit_is_the_gradient_in_the_small_beta_limit(run):
+    audit, statuses = run("test_two_phase")
     assert statuses == {"test_two_phase-s42": "finished"}
     rec = audit.log("test_two_phase-s42").epochs[-1]
     # one relaxation step on the loss is exactly the BP direction: cos = 1, ρ ≈ 1
-    assert rec["cos"] == pytest.approx([1.0] * 5, abs=1e-5)
-    assert all(r > 0.99 for r in rec["rho"])
+    assert rec.cos == pytest.approx([1.0] * 5, abs=1e-5)
+    assert all(r > 0.99 for r in rec.rho)

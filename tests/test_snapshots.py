@@ -10,7 +10,6 @@ import pytest
 
 from engine.audit import Audit
 from faeval_tui.app import FaevalApp
-
 from tests.test_console_fixtures import write_fixture_audit
 
 

@@ -15,9 +15,22 @@ import pytest
 
 from engine.audit import Audit, AuditLock
 from engine.config import AuditConfig
+from engine.records import End, Epoch, Header, Start
 from engine.runstore import RECORDS, RecordWriter, read_run, write_config
-from engine.tables import (DASH, Stat, audit_table, audit_tables, layer_table, num, penalty_table, pp, pct,
-                           sensitivity_table, strategy_table, views)
+from engine.tables import (
+    DASH,
+    Stat,
+    audit_table,
+    audit_tables,
+    layer_table,
+    num,
+    pct,
+    penalty_table,
+    pp,
+    sensitivity_table,
+    strategy_table,
+    views,
+)
 from engine.verdicts import evaluate
 
 NAN, INF = math.nan, math.inf
@@ -25,36 +38,34 @@ NAN, INF = math.nan, math.inf
 
 def record(epoch: int, acc: float, base: float | None, *, growth: float = 1.2, g_L: float = 5e-4,
            cos: tuple = (1.0, 1.0, 1.0), rho: tuple | None = (0.999, 0.998, 0.997), stab: float = 0.1,
-           null: tuple | None = None, h: list | None = None) -> dict:
+           null: tuple | None = None, h: list | None = None) -> Epoch:
     """An epoch record of an L = 2 network with every field the trainer writes."""
     h = h or [2.0, 2.0 * growth, 2.0 * growth ** 2]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {"type": "epoch", "epoch": epoch, "test_acc": acc, "test_loss": 1.5, "train_loss": 1.4, "lr": 1e-3,
-            "h_norm": h, "g_norm": [4 * g_L, 2 * g_L, g_L], "a_norm": [1.0, 0.9, 0.8], "cos": list(cos),
-            "cos_std": [0.1, 0.2, 0.3], "cos_excluded": [0, 0, 0], "rho": None if rho is None else list(rho),
-            "null_mean": None if null is None else [null[0]] * 3, "null_std": None if null is None else [null[1]] * 3,
-            "growth": growth, "g_L": g_L, "stability": stab, "gamma": mean(cos), "deep_cos": mean(cos[1:]),
-            "deep_rho": None if rho is None else mean(rho[1:]), "baseline_acc": base, "train_s": 0.5,
-            "diag_s": {"probe": 0.1}}
+    return Epoch(epoch=epoch, test_acc=acc, test_loss=1.5, train_loss=1.4, lr=1e-3, h_norm=h,
+                 g_norm=[4 * g_L, 2 * g_L, g_L], a_norm=[1.0, 0.9, 0.8], cos=list(cos), cos_std=[0.1, 0.2, 0.3],
+                 cos_excluded=[0, 0, 0], rho=None if rho is None else list(rho),
+                 null_mean=None if null is None else [null[0]] * 3, null_std=None if null is None else [null[1]] * 3,
+                 growth=growth, g_L=g_L, stability=stab, gamma=mean(cos), deep_cos=mean(cos[1:]),
+                 deep_rho=None if rho is None else mean(rho[1:]), baseline_acc=base, train_s=0.5,
+                 diag_s={"probe": 0.1})
 
 
 def write_audit(root: Path, cfg: AuditConfig, runs: dict, name: str = "golden") -> Audit:
-    """An audit directory holding ``runs``: run_id → (method, seed, λ, [records], end status or None)."""
+    """An audit directory holding ``runs``: run_id → (method, seed, λ, [records], End fields or None)."""
     path = root / name
     path.mkdir()
     write_config(path, cfg.dump())
     for rid, (method, seed, lam, recs, end) in runs.items():
         (path / rid).mkdir()
         w = RecordWriter(path / rid / RECORDS)
-        w.append({"type": "header", "schema": 1, "run_id": rid, "method": method, "seed": seed, "penalty": lam,
-                  "parent": f"{method}-s{seed}" if lam else None, "epochs": cfg.epochs, "dataset": "synthetic",
-                  "device": "cpu", "started": "2026-01-01T00:00:00+00:00", "config": cfg.dump()})
-        w.append({"type": "start", "epoch": 0, "time": "2026-01-01T00:00:00+00:00"})
+        w.append(Header(run_id=rid, method=method, seed=seed, penalty=lam, parent=f"{method}-s{seed}" if lam else None,
+                        epochs=cfg.epochs, dataset="synthetic", created="2026-01-01T00:00:00+00:00", config=cfg.dump()))
+        w.append(Start(epoch=0, time="2026-01-01T00:00:00+00:00"))
         for r in recs:
             w.append(evaluate(r, cfg.thresholds))
         if end:
-            w.append({"type": "end", "epoch": recs[-1]["epoch"] if recs else 0, "time": "2026-01-01T01:00:00+00:00",
-                      **end})
+            w.append(End(epoch=recs[-1].epoch if recs else 0, time="2026-01-01T01:00:00+00:00", **end))
         w.close()
     return Audit.open(path)
 
@@ -62,7 +73,7 @@ def write_audit(root: Path, cfg: AuditConfig, runs: dict, name: str = "golden") 
 FROZEN = {1: [0.20, 0.24, 0.27, 0.28], 2: [0.21, 0.25, 0.28, 0.30]}
 
 
-def series(seed: int, accs: list[float], **per_epoch) -> list[dict]:
+def series(seed: int, accs: list[float], **per_epoch) -> list[Epoch]:
     """One record per epoch; keyword values that are lists vary by epoch."""
     out = []
     for i, acc in enumerate(accs):
@@ -288,8 +299,8 @@ def test_edge_runs_are_labelled_not_crashed_on(edge_audit):
                       "dfa": "running, epoch 3/4", "frozen": "failed at epoch 1/4: RuntimeError: shape | mismatch"}
     fa = row(t, "fa", "0")
     assert fa["‖h_L‖"] == "inf (n=1)" and fa["max growth"] == "inf (n=1)" and fa["‖g_L‖"] == "nan (n=1)"
-    # NaN stability fires (c) in engine.verdicts, hence "drift"; the walk-back is (a)+(b) either way
-    assert fa["Γ"] == "nan (n=1) †" and fa["verdict"].startswith("WALKED BACK via (a)+(b), ")
+    # a NaN stability never fires (c): its sub-mode is "unknown"; the walk-back is (a)+(b)
+    assert fa["Γ"] == "nan (n=1) †" and fa["verdict"] == "WALKED BACK via (a)+(b), unknown"
     empty = row(t, "fa", "0.01")
     assert empty["n"] == "0" and empty["acc %"] == DASH and empty["verdict"] == "NO DATA"
     bp = row(t, "bp")

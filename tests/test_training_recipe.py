@@ -1,0 +1,191 @@
+"""The training recipe and the verdict rules, on values: the ρ and null-band cadence,
+random targets, the cosine learning rate, the (c) sub-mode and the (d) margin at their
+edges, the bf16 refusal, and the per-process thread count."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from engine import AuditRunner
+from engine.config import Thresholds, load_config
+from engine.data import load_task
+from engine.errors import ConfigError
+from engine.methods.bp import Backprop
+from engine.plan import RunSpec, make_header
+from engine.records import Epoch
+from engine.verdicts import evaluate, new_alerts, verdict
+from tests.conftest import tiny, train
+
+# ---------------------------------------------------------------- ρ and null-band cadence
+
+
+def test_rho_and_the_null_band_follow_their_cadence_and_the_last_epoch_measures_both(new_audit):
+    audit = new_audit("epochs=4", "diagnostics.rho_every=2", "diagnostics.null_every=3", "methods=[bp,dfa]")
+    assert train(audit) == {"bp-s42": "finished", "dfa-s42": "finished"}
+    for rid in ("bp-s42", "dfa-s42"):
+        recs = audit.log(rid).epochs
+        assert [r.epoch for r in recs] == [1, 2, 3, 4]
+        assert [r.epoch for r in recs if r.rho is not None] == [2, 4], rid  # every 2nd, and the last
+        for r in recs:  # ρ's summary is there exactly when ρ is
+            assert (r.deep_rho is None) == (r.rho is None) and (r.rho is None or len(r.rho) == r.layers)
+            assert ("rho" in r.diag_s) == (r.rho is not None)
+    dfa = audit.log("dfa-s42").epochs
+    assert [r.epoch for r in dfa if r.null_mean is not None] == [3, 4]  # every 3rd, and the last
+    assert [r.epoch for r in dfa if r.null_std is not None] == [3, 4]
+    assert all(len(r.null_mean) == r.layers for r in dfa if r.null_mean is not None)
+    # bp has no random feedback to redraw: never a null band
+    assert all(r.null_mean is None and r.null_std is None for r in audit.log("bp-s42").epochs)
+
+
+# ---------------------------------------------------------------- random targets
+
+
+def test_random_targets_replace_every_label_by_one_fixed_draw(new_audit):
+    real = load_task(load_config(None, tiny()))
+    cfg = load_config(None, tiny("random_targets=true"))
+    first, second = load_task(cfg), load_task(cfg)
+    C = real.n_classes
+    for split in ("y_train", "y_test"):
+        rand, again, true = getattr(first, split), getattr(second, split), getattr(real, split)
+        assert torch.equal(rand, again), split  # the same draw in every load (every run of the audit)
+        assert rand.shape == true.shape and rand.dtype == torch.int64
+        assert int(rand.min()) >= 0 and int(rand.max()) < C and len(rand.unique()) == C
+        # independent of the teacher: agreement near chance (1/C), not the real labels
+        assert (rand != true).double().mean().item() > 0.75, split
+    n = min(first.y_train.shape[0], first.y_test.shape[0])
+    assert (first.y_train[:n] != first.y_test[:n]).double().mean().item() > 0.75  # two draws, not one reused
+    assert torch.equal(first.x_train, real.x_train) and torch.equal(first.x_test, real.x_test)  # inputs stay
+    assert first.name == "synthetic+random-targets" and first.n_classes == C
+    assert make_header(cfg, RunSpec("bp-s42", "bp", 42)).dataset == "synthetic+random-targets"
+    assert make_header(load_config(None, tiny()), RunSpec("bp-s42", "bp", 42)).dataset == "synthetic"
+    audit = new_audit("random_targets=true", "methods=[bp]", "epochs=1")  # and on disk, as trained
+    assert train(audit) == {"bp-s42": "finished"}
+    assert audit.log("bp-s42").header.dataset == "synthetic+random-targets"
+
+
+# ---------------------------------------------------------------- the learning-rate schedule
+
+
+def test_each_epoch_records_the_cosine_learning_rate_it_ended_at(new_audit):
+    lr0, epochs = 3e-3, 4
+    audit = new_audit(f"epochs={epochs}", "synthetic.n_train=600", f"lr={lr0}", "methods=[bp]")
+    assert train(audit) == {"bp-s42": "finished"}
+    steps = math.ceil(600 / audit.cfg.batch_size)  # 5: the last batch is short
+    total = epochs * steps
+    want = [0.5 * lr0 * (1 + math.cos(math.pi * e * steps / total)) for e in range(1, epochs + 1)]
+    got = [r.lr for r in audit.log("bp-s42").epochs]
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-18)
+    assert got[1] == pytest.approx(lr0 / 2) and got[-1] == pytest.approx(0.0, abs=1e-18)  # halfway, the end
+
+
+def test_a_constant_schedule_records_the_base_learning_rate_every_epoch(new_audit):
+    audit = new_audit("epochs=3", "lr=2e-3", "schedule=constant", "methods=[bp]")
+    assert train(audit) == {"bp-s42": "finished"}
+    assert [r.lr for r in audit.log("bp-s42").epochs] == [2e-3] * 3
+
+
+# ---------------------------------------------------------------- verdict rules at their edges
+
+
+def epoch(acc: float = 0.5, baseline: float | None = None, stability: float = 0.0, growth: float = 2.0,
+          g_L: float = 1e-3) -> Epoch:
+    return Epoch(epoch=1, test_acc=acc, test_loss=1.0, h_norm=[1.0, growth], g_norm=[g_L, g_L], a_norm=[1.0, 1.0],
+                 cos=[0.5, 0.5], cos_std=[0.1, 0.1], cos_excluded=[0, 0], growth=growth, g_L=g_L,
+                 stability=stability, gamma=0.5, deep_cos=0.5, baseline_acc=baseline)
+
+
+@pytest.mark.parametrize("margin", [0.05, -0.05, 0.0])
+def test_depth_utility_fires_exactly_below_baseline_plus_margin(margin):
+    th = Thresholds(depth_margin=margin)
+    base = 0.5
+    edge = base + margin  # what the run must reach for its depth to count
+    below, above = math.nextafter(edge, -math.inf), math.nextafter(edge, math.inf)
+    assert "d" in evaluate(epoch(below, base), th).fired
+    assert "d" not in evaluate(epoch(edge, base), th).fired  # strictly below: the edge itself passes
+    assert "d" not in evaluate(epoch(above, base), th).fired
+    assert "d" not in evaluate(epoch(0.0, None), th).fired  # no frozen baseline: (d) cannot fire
+    rec = evaluate(epoch(below, base), th)
+    assert verdict([rec]).label == "WALKED BACK via (d)"
+    (alert,) = new_alerts("fa-s1", [], rec, th)
+    assert (alert.diagnostic, alert.value, alert.threshold) == ("d", below, edge)
+
+
+def test_a_margin_moves_the_verdict_of_a_run_that_beats_its_baseline_by_less():
+    rec = epoch(acc=0.52, baseline=0.50)  # two points above frozen
+    assert "d" not in evaluate(rec, Thresholds()).fired
+    assert "d" in evaluate(rec, Thresholds(depth_margin=0.03)).fired
+    assert "d" not in evaluate(rec, Thresholds(depth_margin=0.01)).fired
+    assert "d" not in evaluate(epoch(acc=0.48, baseline=0.50), Thresholds(depth_margin=-0.03)).fired
+
+
+def test_stability_labels_drift_above_the_threshold_noise_at_or_below_it_and_nan_unknown():
+    th = Thresholds()
+    cases = {math.nextafter(th.stability, math.inf): "drift", th.stability: "noise",
+             math.nextafter(th.stability, -math.inf): "noise", -1.0: "noise", math.nan: "unknown"}
+    for value, mode in cases.items():
+        rec = evaluate(epoch(stability=value), th)
+        assert rec.stability_mode == mode, value
+        assert ("c" in rec.fired) == (mode == "drift"), value  # a NaN never claims drift
+    # (c) only labels a walk-back, it never causes one: NaN stability on a run that (a) walks back
+    walked = evaluate(epoch(stability=math.nan, growth=1e3), th)
+    assert walked.fired == ["a"] and verdict([walked]).describe() == "WALKED BACK via (a), unknown"
+    assert verdict([evaluate(epoch(stability=0.9), th)]).describe() == "TRUSTWORTHY"
+
+
+# ---------------------------------------------------------------- bf16 on CPU and on a GPU without it
+
+
+def test_bf16_is_allowed_on_cpu(new_audit):
+    runner = AuditRunner(new_audit("precision=bf16", "device=cpu", "methods=[bp]"))
+    assert runner.device == torch.device("cpu")
+
+
+def test_bf16_on_a_gpu_without_bfloat16_is_refused_with_what_to_do(new_audit, monkeypatch):
+    audit = new_audit("precision=bf16", "device=cuda", "methods=[bp]")
+    if not torch.cuda.is_available():  # this machine: the device is refused before precision matters
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            AuditRunner(audit)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a pre-Ampere GPU
+    with pytest.raises(ConfigError) as err:
+        AuditRunner(audit)
+    assert "bf16" in err.value.problem and "no bfloat16 support" in err.value.problem
+    assert "precision=fp32" in err.value.hint
+    assert list(audit.path.iterdir()) == [audit.path / "config.yaml"]  # refused before anything trained
+    with pytest.raises(ConfigError, match="no bfloat16 support"):  # auto picks that GPU too
+        AuditRunner(new_audit("precision=bf16", "device=auto", "methods=[bp]"))
+    assert AuditRunner(new_audit("precision=fp32", "device=cuda", "methods=[bp]")).device.type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # Ampere or newer
+    assert AuditRunner(audit).device.type == "cuda"
+
+
+# ---------------------------------------------------------------- threads
+
+
+class ThreadsSeen(Backprop):
+    """bp that notes the intra-op thread count each training step runs with."""
+
+    name = "test_threads_seen"
+    seen: list[int] = []
+
+    def step(self, model, x, y, penalty):
+        ThreadsSeen.seen.append(torch.get_num_threads())
+        return super().step(model, x, y, penalty)
+
+
+@pytest.mark.parametrize("before, threads", [(1, 2), (2, 1)])
+def test_a_run_trains_with_the_configured_threads_and_restores_the_previous_count(new_audit, registered,
+                                                                                  before, threads):
+    registered(ThreadsSeen)
+    ThreadsSeen.seen = []
+    outer = torch.get_num_threads()
+    try:
+        torch.set_num_threads(before)
+        audit = new_audit(f"threads={threads}", "methods=[test_threads_seen]", "epochs=1")
+        assert train(audit) == {"test_threads_seen-s42": "finished"}
+        assert ThreadsSeen.seen == [threads] * 4  # 512 samples: four steps, each with the config's count
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(outer)
