@@ -1,12 +1,12 @@
 """Where training runs and with how many threads.
 
-Thread policy (measured on a shared 2-core AMD EPYC, docs/bench.md "Threads"): one
-intra-op thread per training process is the default (``threads: 1``). Two-thread
-OpenMP teams were 1.4x faster on an idle machine at CIFAR size, but when another
-process held a core they ran 1.9-3.8x slower than one thread (and slower still on
-earlier tries: the team's spinning barrier waits for a thread that is not running),
-while one thread lost under 10% to the same load. Audits use the second core through
-``workers`` (one process per run) instead.
+Thread policy (measured on a shared 2-core AMD EPYC; README, "Threads on a busy
+machine"): one intra-op thread per training process is the default (``threads: 1``).
+Two-thread OpenMP teams were up to 1.4x faster on an idle machine at CIFAR size, but
+with another process holding a core they ran 1.9x (CIFAR size) to 4.0x (the default
+audit) slower, as the team's barriers wait for a thread that is not running; one
+thread lost nothing to the same load. Audits use the second core through ``workers``
+(one process per run) instead.
 """
 from __future__ import annotations
 

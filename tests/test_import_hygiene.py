@@ -11,3 +11,17 @@ def test_engine_never_imports_textual_or_rich():
             "print(bad); sys.exit(1 if bad else 0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_listing_presets_and_the_help_never_import_torch():
+    code = ("import sys\n"
+            "from typer.testing import CliRunner\n"
+            "from faeval_tui.cli import app\n"
+            "for args in (['presets'], ['--help'], ['run', '--help']):\n"
+            "    res = CliRunner().invoke(app, args)\n"
+            "    assert res.exit_code == 0, res.output\n"
+            "assert 'synthetic_default' in CliRunner().invoke(app, ['presets']).output\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'torch']\n"
+            "print(bad[:5]); sys.exit(1 if bad else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
