@@ -135,6 +135,11 @@ class Epoch(Line):
         return self.h_norm[-1]
 
 
+def at_layer(values: list[Any] | None, layer: int) -> Any:
+    """Layer ``layer`` of a per-layer list, or None where it is missing (off-cadence, shorter)."""
+    return None if values is None or layer >= len(values) else values[layer]
+
+
 class End(Line):
     type: Literal["end"] = "end"
     status: Status

@@ -7,7 +7,6 @@ here says so: they are not evidence of credit quality then.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from rich.table import Table
 from rich.text import Text
@@ -19,7 +18,7 @@ from textual.widgets import Footer, Static
 
 from engine.fmt import nonfinite
 from engine.fmt import num as fmt
-from engine.records import Epoch
+from engine.records import Epoch, at_layer
 from engine.verdicts import DIAGNOSTICS, WALK_BACK
 
 from .state import AuditState, RunView
@@ -67,10 +66,6 @@ def cos_strip(cos: float | None, band: tuple[float, float] | None, width: int = 
     return text
 
 
-def at(values: list[Any] | None, i: int) -> Any:
-    return None if values is None or i >= len(values) else values[i]
-
-
 def scale_table(rec: Epoch) -> Table:
     t = Table(title="scale", title_justify="left", expand=False, padding=(0, 1))
     t.add_column("l", justify="right")
@@ -83,7 +78,7 @@ def scale_table(rec: Epoch) -> Table:
     for i in range(len(rec.h_norm)):
         cells = []
         for key in ("h_norm", "g_norm", "a_norm"):
-            v = at(getattr(rec, key), i)
+            v = at_layer(getattr(rec, key), i)
             val = num(v)
             val.pad_right(max(0, 9 - len(val)))
             cells.append(Text.assemble(val, " ", log_bar(v, *ranges[key])))
@@ -101,15 +96,15 @@ def alignment_table(rec: Epoch) -> Table:
     t.add_column("-1 ··· 0 ··· +1", no_wrap=True)
     t.add_column("ρ", no_wrap=True)
     for i in range(len(rec.cos)):
-        cos, std = at(rec.cos, i), at(rec.cos_std, i)
-        nm, ns = at(rec.null_mean, i), at(rec.null_std, i)
+        cos, std = at_layer(rec.cos, i), at_layer(rec.cos_std, i)
+        nm, ns = at_layer(rec.null_mean, i), at_layer(rec.null_std, i)
         cos_cell = Text.assemble(num(cos, True), "±", num(std) if std is not None else "")
-        excluded = at(rec.cos_excluded, i)
+        excluded = at_layer(rec.cos_excluded, i)
         if excluded:
             cos_cell.append(f" ({excluded} excl.)", style="yellow")
         band = None if nm is None or ns is None else (nm - ns, nm + ns)
         band_cell = Text("—", style="dim") if band is None else Text.assemble(num(nm, True), "±", num(ns))
-        rho_cell = num(at(rec.rho, i), True)
+        rho_cell = num(at_layer(rec.rho, i), True)
         if degenerate:
             cos_cell.stylize("dim")
             rho_cell.stylize("dim")

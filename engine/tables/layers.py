@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..config import AuditConfig
 from ..fmt import DASH, num
+from ..records import at_layer
 from .cells import DAGGER, STALE, Stat, Table, lam_cell, mark
 from .runs import Footnotes, Source, config_of, groups, views
 
@@ -59,8 +60,8 @@ def layer_table(runs: Source, cfg: AuditConfig | None = None, by: str = "method"
 
 
 def _at(lists: list[list[float] | None], layer: int) -> list[float | None]:
-    """Layer ``layer`` of each run's per-layer list (None where the list is missing)."""
-    return [None if xs is None or layer >= len(xs) else xs[layer] for xs in lists]
+    """Layer ``layer`` of each run's per-layer list."""
+    return [at_layer(xs, layer) for xs in lists]
 
 
 def _z(cos: float | None, mean: float | None, std: float | None) -> float | None:
