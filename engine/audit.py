@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import AuditConfig, validate
 from .errors import StoreError
-from .plan import RunSpec, baseline_run, make_header, plan_runs
+from .plan import RunSpec, baseline_run, make_header, parse_run_id, plan_runs
 from .runstore import (
     RECORDS,
     AuditLock,
@@ -22,6 +22,27 @@ from .runstore import (
     safe_child,
     write_config,
 )
+from .verdicts import evaluate, needs_baseline
+
+
+def fill_baselines(logs: dict[str, RunLog], cfg: AuditConfig, streaming: bool = False) -> None:
+    """Set each epoch's ``baseline_acc`` from the frozen run of its seed at that epoch, as the
+    records hold it now, and derive (d) again: the one place a baseline is looked up for
+    reading. A run whose baseline has no record at an epoch gets None there (UNVERIFIED).
+
+    ``streaming``: the logs are still being read (the console follows files line by line),
+    so a baseline epoch not seen yet leaves the stored value as it is."""
+    for log in logs.values():
+        if log.header is None:
+            continue
+        base = baseline_run(cfg, RunSpec.of(log.header))
+        if base is None:
+            continue
+        acc = {e.epoch: e.test_acc for e in logs[base].epochs} if base in logs else {}
+        log.epochs = [e if e.baseline_acc == acc.get(e.epoch) or (streaming and e.epoch not in acc) else
+                      evaluate(e.model_copy(update={"baseline_acc": acc.get(e.epoch)}), cfg.thresholds,
+                               needs_baseline(log.method))
+                      for e in log.epochs]
 
 
 class Audit:
@@ -60,9 +81,13 @@ class Audit:
         """The config's plan plus runs added later (penalty reruns from the console)."""
         specs = {s.run_id: s for s in plan_runs(self.cfg)}
         for run_dir in list_runs(self.path):
+            if run_dir.name in specs:
+                continue
             h = read_run(run_dir / RECORDS).header
-            if h and h.run_id not in specs:
-                specs[h.run_id] = RunSpec.of(h)
+            # a run whose header is lost or torn still has its records: its name says who it is
+            spec = RunSpec.of(h) if h is not None else parse_run_id(run_dir.name)
+            if spec is not None:
+                specs[spec.run_id] = spec
         return list(specs.values())
 
     def add_run(self, spec: RunSpec) -> None:
@@ -84,11 +109,41 @@ class Audit:
         return safe_child(self.path, rid)
 
     def log(self, rid: str) -> RunLog:
-        path = self.run_dir(rid) / RECORDS
-        return read_run(path, self.cfg.thresholds) if path.exists() else RunLog(rid, thresholds=self.cfg.thresholds)
+        """One run's records, with its baseline's accuracies (see ``logs``)."""
+        logs = {rid: self._read(rid)}
+        base = baseline_run(self.cfg, self._spec(rid, logs[rid]))
+        if base is not None:
+            logs[base] = self._read(base)
+        fill_baselines(logs, self.cfg)
+        return logs[rid]
 
     def logs(self) -> list[RunLog]:
-        return [self.log(s.run_id) for s in self.planned()]
+        """Every planned run's records. ``baseline_acc`` and (d) are derived again from the
+        frozen runs' records as they are now, not as they were when a line was written (a
+        baseline that failed and was resumed later still counts)."""
+        logs = {s.run_id: self._read(s.run_id) for s in self.planned()}
+        fill_baselines(logs, self.cfg)
+        return list(logs.values())
+
+    def _spec(self, rid: str, log: RunLog) -> RunSpec:
+        if log.header is not None:
+            return RunSpec.of(log.header)
+        return next((s for s in plan_runs(self.cfg) if s.run_id == rid), None) or parse_run_id(rid) \
+            or RunSpec(rid, "?", 0)
+
+    def _read(self, rid: str) -> RunLog:
+        path = self.run_dir(rid) / RECORDS
+        if not path.exists():
+            return RunLog(rid, thresholds=self.cfg.thresholds)
+        log = read_run(path, self.cfg.thresholds)
+        if log.header is None and log.has_lines:
+            # records without a readable header (deleted, or torn by a crash): report the run,
+            # never leave it out, with the header its name and the audit's config give it
+            log.header = make_header(self.cfg, self._spec(rid, log)).model_copy(update={"created": ""})
+            log.problems.append(f"{path}: no readable header line; the run is reported with the header "
+                                "its name and the audit's config give it")
+            log.epochs = [evaluate(e, self.cfg.thresholds, needs_baseline(log.method)) for e in log.epochs]
+        return log
 
     def is_live(self) -> bool:
         return AuditLock.is_held(self.path)

@@ -2,11 +2,19 @@
 
 One pydantic model validates all three, so a typo in a file and on the command line
 get the same message: the key, the value and what is allowed.
+
+Types are strict: a bool is never a number (``--set d=true`` is refused, not read as 1), a
+string is never a number or a bool, and a float is never an int; an int is a float
+(``lr: 1``), as YAML writes it.
+
+Presets are read defensively (``engine.yamlsafe``): UTF-8 only, bounded in size, depth
+and alias expansion.
 """
 from __future__ import annotations
 
 import math
 import re
+import reprlib
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
@@ -16,28 +24,22 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .sizing import check_fits
+from .yamlsafe import YAMLLimitError, limit_hint, read_yaml, safe_load, where
 
 PRESETS_PACKAGE = "engine.presets"  # the repository's presets/, mapped into the package (pyproject.toml)
 DEFAULT_PRESET = "synthetic_default"
 STANDARD_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
-class _Loader(yaml.SafeLoader):
-    """The safe loader, reading ``1e-3`` as a float as YAML 1.2 does (1.1 needs ``1.0e-3``)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."))
-
-
-def safe_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader subclass
+CIFAR_TEST_SAMPLES = 10_000  # both CIFAR test sets; the diagnostic set is their first n_samples
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # strict: no bool as a number, no "3" as 3 (ints are still accepted as floats); the input
+    # stays out of pydantic's own messages (``_format_errors`` shows a bounded repr of it)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, strict=True,
+                              hide_input_in_errors=True)
 
 
 class SyntheticConfig(_Strict):
@@ -151,15 +153,43 @@ class AuditConfig(_Strict):
             raise ValueError("diagnostics.rho_samples must be ≤ diagnostics.n_samples")
         if self.diagnostics.n_samples % self.diagnostics.stability_batches:
             raise ValueError("diagnostics.n_samples must be a multiple of diagnostics.stability_batches")
+        # the diagnostic set is the first n_samples test samples: a smaller test set fails every run
+        n = self.diagnostics.n_samples
+        if self.dataset == "synthetic" and self.synthetic.n_test < n:
+            raise ValueError(f"synthetic.n_test ({self.synthetic.n_test:,}) must be ≥ diagnostics.n_samples "
+                             f"({n:,}): the diagnostic set is the first n_samples test samples")
+        if self.dataset != "synthetic" and n > CIFAR_TEST_SAMPLES:
+            raise ValueError(f"diagnostics.n_samples ({n:,}) must be ≤ {CIFAR_TEST_SAMPLES:,}, the size of "
+                             f"{self.dataset}'s test set (the diagnostic set is its first n_samples)")
         return self
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
 
+MAX_SHOWN_ERRORS = 8
+_short = reprlib.Repr()  # attributes, not keywords: Repr takes those only from Python 3.12
+_short.maxlevel, _short.maxlist, _short.maxtuple, _short.maxdict, _short.maxset = 2, 4, 4, 2, 4
+_short.maxstring, _short.maxlong, _short.maxother = 50, 40, 50
+
+
+def _shown(value: Any) -> str:
+    """A repr of at most ~60 characters that never formats more of ``value`` than it shows
+    (a value built from aliases can hold 9⁹ elements; a full repr of it is gigabytes)."""
+    if isinstance(value, dict):
+        return "{…}"
+    try:
+        text = _short.repr(value)
+    except Exception:  # noqa: BLE001 - an int past Python's str limit, a broken __repr__
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
 def _format_errors(err: ValidationError, source: str) -> ConfigError:
     lines = []
-    for e in err.errors():
+    listed: set[str] = set()  # sections whose allowed keys the message already lists
+    errors = err.errors()
+    for e in errors[:MAX_SHOWN_ERRORS]:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         value = e.get("input")
         if e["type"] == "extra_forbidden":
@@ -171,11 +201,19 @@ def _format_errors(err: ValidationError, source: str) -> ConfigError:
                     break
             is_model = isinstance(parent, type) and issubclass(parent, BaseModel)
             allowed = ", ".join(parent.model_fields) if is_model else ""
-            lines.append(f"unknown key {key!r}" + (f" (allowed here: {allowed})" if allowed else ""))
+            section = ".".join(str(p) for p in e["loc"][:-1])
+            if section in listed:
+                allowed = ""
+            listed.add(section)
+            lines.append(f"unknown key {key!r:.80}" + (f" (allowed here: {allowed})" if allowed else ""))
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            shown = repr(value)[:60] if not isinstance(value, dict) else "{…}"
-            lines.append(f"{key} = {shown}: {msg}")
+            if not e["loc"] and e["type"] == "value_error":
+                lines.append(msg)  # a rule across keys (``_consistent``): its message names them
+            else:
+                lines.append(f"{key:.80} = {_shown(value)}: {msg}")
+    if len(errors) > MAX_SHOWN_ERRORS:
+        lines.append(f"and {len(errors) - MAX_SHOWN_ERRORS} more")
     return ConfigError(f"invalid configuration in {source}: " + "; ".join(lines),
                        "fix the key named above (see `faeval-tui presets` and the README's preset reference)")
 
@@ -202,25 +240,10 @@ def list_presets() -> dict[str, str]:
     out = {}
     for name, path in shipped_presets().items():
         try:
-            out[name] = str(_read_yaml(path).get("description", "")).strip()
+            out[name] = str(read_yaml(path).get("description", "")).strip()
         except ConfigError as err:
             out[name] = f"(invalid: {err.problem})"
     return out
-
-
-def _read_yaml(path: Path | Traversable) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read preset {path}: {err.strerror}", "check the path") from None
-    try:
-        data = safe_load(text)  # safe loader only: a preset never constructs objects
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"preset {path} is not valid YAML{where}: {getattr(err, 'problem', err)}",
-                          "fix the YAML syntax (indentation, ':' after each key)") from None
-    return {} if data is None else data
 
 
 def resolve_preset_path(preset: str | None) -> Path | Traversable:
@@ -247,6 +270,11 @@ def parse_set(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set key {key!r} is not a dotted preset key", "keys look like epochs or thresholds.growth")
     try:
         value = safe_load(raw) if raw.strip() else ""
+    except YAMLLimitError as err:
+        if not (err.problem or "").startswith("cannot read"):  # nesting or aliases: refused as such
+            raise ConfigError(f"--set {key.strip()}: the value is refused{where(err)}: {err.problem}",
+                              limit_hint(err)) from None
+        value = raw  # a number YAML cannot build (a 5000-digit int, a 13th month): validation names the type
     except yaml.YAMLError:
         value = raw  # not YAML: hand the raw string to validation, which names the expected type
     return parts, value
@@ -270,11 +298,15 @@ def apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
 
 
 def load_config(preset: str | None = None, sets: list[str] | None = None) -> AuditConfig:
-    """Defaults ← preset YAML ← ``--set`` overrides, validated once."""
+    """Defaults ← preset YAML ← ``--set`` overrides, validated once, then checked to fit in
+    this machine's memory (``sizing.check_fits``): every caller that starts an audit from a
+    preset (``faeval-tui run``, the console) is refused before its directory exists."""
     path = resolve_preset_path(preset)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"preset {path} must be a mapping of keys to values", "write `key: value` lines")
     data = apply_sets(data, sets or [])
-    source = str(path) + (" with --set " + " ".join(sets) if sets else "")
-    return validate(data, source)
+    source = str(path) + (" with --set " + " ".join(s[:80] for s in sets) if sets else "")
+    cfg = validate(data, source)
+    check_fits(cfg)
+    return cfg

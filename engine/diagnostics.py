@@ -21,7 +21,7 @@ from .config import Thresholds
 from .methods.base import Method, Probe
 from .model import Auditable
 from .records import Epoch
-from .verdicts import evaluate
+from .verdicts import evaluate, needs_baseline
 
 
 def make_probe(model: Auditable, x: Tensor, y: Tensor) -> Probe:
@@ -268,4 +268,4 @@ def epoch_record(model: Auditable, method: Method, test_batches, x: Tensor, y: T
     rec = Epoch(epoch=epoch, test_acc=acc, test_loss=test_loss, train_loss=train_loss, lr=lr, **diag,
                 baseline_acc=baseline_acc, train_s=train_s,
                 diag_s={k: round(v, 4) for k, v in settings.timings.items()})
-    return evaluate(rec, thresholds)
+    return evaluate(rec, thresholds, needs_baseline(getattr(method, "name", "")))

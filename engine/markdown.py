@@ -61,6 +61,10 @@ def header_markdown(cfg: AuditConfig, runs: Sequence[RunLike], name: str | None 
         f"(diagnostic set n = {cfg.diagnostics.n_samples})",
         f"- **runs**: {sum(states.values())} (" + ", ".join(f"{v} {k}" for k, v in sorted(states.items())) + ")",
     ]
+    problems = [p for r in views(runs, cfg) for p in r.log.problems]
+    if problems:  # a damaged record file is part of the report, never silently smoothed over
+        lines.append(f"- **problems reading the records** ({len(problems)}):")
+        lines += [f"  - {p}" for p in problems]
     return "\n".join(lines) + "\n"
 
 

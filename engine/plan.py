@@ -5,6 +5,7 @@ epoch, so frozen runs come first in the plan.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .config import AuditConfig
@@ -26,6 +27,20 @@ class RunSpec:
 
 def run_id(method: str, seed: int, penalty: float = 0.0) -> str:
     return f"{method}-s{seed}" if not penalty else f"{method}-lam{penalty:g}-s{seed}"
+
+
+def parse_run_id(rid: str) -> RunSpec | None:
+    """The spec a run id names (``dfa-s42``, ``dfa-lam0.001-s42``), or None for another name;
+    the parent of a penalty rerun is its unpenalised run."""
+    m = re.fullmatch(r"(?P<method>.+?)(?:-lam(?P<lam>[0-9.eE+-]+))?-s(?P<seed>\d+)", rid)
+    if m is None:
+        return None
+    try:
+        lam = float(m["lam"]) if m["lam"] else 0.0
+    except ValueError:
+        return None
+    method, seed = m["method"], int(m["seed"])
+    return RunSpec(rid, method, seed, lam, run_id(method, seed) if lam else None)
 
 
 def make_header(cfg: AuditConfig, spec: RunSpec) -> Header:

@@ -13,8 +13,8 @@ JSON: each model has one way there (``to_json``/``dumps``) and one way back
 (``parse_line``). Non-finite floats are written as the strings "NaN", "Infinity" and
 "-Infinity", so every line is strict JSON.
 
-``fired``, ``degenerate`` and ``stability_mode`` of an ``Epoch`` are *derived*: they
-are a function of the measurements and the thresholds (``verdicts.evaluate``). The
+``fired``, ``degenerate``, ``stability_mode`` and ``unmeasured`` of an ``Epoch`` are
+*derived*: a function of the measurements and the thresholds (``verdicts.evaluate``). The
 writer stores them under the audit's thresholds so a line reads on its own (jq, a
 notebook), but every reader derives them again (``RunLog`` does, from the run's
 thresholds): a hand-edited ``fired`` can never hide a walk-back.
@@ -121,6 +121,7 @@ class Epoch(Line):
     fired: list[str] = Field(default_factory=list)
     degenerate: bool = False
     stability_mode: Literal["drift", "noise", "unknown"] = "unknown"
+    unmeasured: list[str] = Field(default_factory=list)  # "d" when a needed baseline is missing
     train_s: Optional[float] = None
     diag_s: dict[str, float] = Field(default_factory=dict)  # seconds per diagnostic
     time: Optional[str] = None  # UTC, when written

@@ -24,8 +24,8 @@ import yaml
 
 from .config import Thresholds
 from .errors import StoreError
-from .records import SCHEMA_VERSION, End, Epoch, Header, Line, Record, Start, parse_line
-from .verdicts import evaluate
+from .records import SCHEMA_VERSION, BadLine, End, Epoch, Header, Line, Record, Start, parse_line
+from .verdicts import evaluate, needs_baseline
 
 RECORDS = "records.jsonl"
 CHECKPOINT = "checkpoint.pt"
@@ -47,22 +47,49 @@ class RecordWriter:
         self.path = path
         try:
             self._fh = open(path, "a", encoding="utf-8")
+            # a crash mid-write leaves a line without its newline: start after it, never on it
+            self._torn = self._fh.tell() > 0 and _last_byte(path) != b"\n"
         except OSError as err:
             raise StoreError(f"cannot open {path} for writing: {err.strerror}",
                              "check the runs directory is writable and the disk has space") from None
 
     def append(self, record: Line) -> None:
-        line = record.dumps() + "\n"
+        line = ("\n" if self._torn else "") + record.dumps() + "\n"
         try:
             self._fh.write(line)
             self._fh.flush()
             os.fsync(self._fh.fileno())
+            self._torn = False
         except OSError as err:
+            self._torn = True  # part of the line may be on disk: the next one starts after it
             raise StoreError(f"cannot append to {self.path}: {err.strerror}",
                              "free disk space, then `faeval-tui resume` the audit directory") from None
 
     def close(self) -> None:
-        self._fh.close()
+        """Close the file; never raises. ``append`` fsynced every line it returned from, so a
+        close that fails (the last flush of a buffer a full disk refused) can only lose a line
+        whose ``append`` already failed: it is reported once on stderr, and the run, and the
+        audit's other runs, go on."""
+        try:
+            self._fh.close()
+        except (OSError, ValueError) as err:
+            if getattr(self, "_close_reported", False):
+                return
+            self._close_reported = True
+            import sys
+
+            reason = getattr(err, "strerror", None) or str(err)
+            try:
+                print(f"faeval-tui: closing {self.path} failed: {reason}; every line appended before "
+                      "was already on disk", file=sys.stderr)
+            except (OSError, ValueError):
+                pass  # stderr is gone too: the records on disk stay the source of truth
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1)
 
 
 def append_line(path: Path, record: Line) -> None:
@@ -85,6 +112,8 @@ class RecordReader:
         self.path = path
         self._offset = 0
         self._partial = b""
+        self._line = 0
+        self.problems: list[str] = []  # lines skipped, each with its number and why
 
     def poll(self) -> list[Record]:
         try:
@@ -98,12 +127,16 @@ class RecordReader:
         *lines, self._partial = data.split(b"\n")
         out = []
         for raw in lines:
+            self._line += 1
             if not raw.strip():
                 continue
             try:
                 out.append(parse_line(raw))
-            except ValueError:
-                continue  # a torn line from a crash mid-write: the next epoch rewrites the truth
+            except BadLine as err:  # JSON, but not a record: say so, never drop it silently
+                self.problems.append(f"{self.path} line {self._line} skipped: {err}")
+            except ValueError:  # a line torn by a crash mid-write; a resumed run rewrites that epoch
+                self.problems.append(f"{self.path} line {self._line} skipped: not complete JSON "
+                                     "(torn by a crash while it was written)")
         return out
 
 
@@ -122,6 +155,7 @@ class RunLog:
     end: End | None = None
     started: bool = False  # training began at least once (a start line, or an epoch in older files)
     thresholds: Thresholds | None = None
+    problems: list[str] = field(default_factory=list)  # what the reader could not use, for the user
 
     def add(self, rec: Record) -> None:
         if isinstance(rec, Header):
@@ -133,7 +167,7 @@ class RunLog:
                     pass  # a damaged header config: the stored fired sets stand
         elif isinstance(rec, Epoch):
             if self.thresholds is not None:
-                rec = evaluate(rec, self.thresholds)
+                rec = evaluate(rec, self.thresholds, needs_baseline(self.method))
             # a resumed run may re-append an epoch after a crash: the later line wins
             self.epochs = [e for e in self.epochs if e.epoch < rec.epoch] + [rec]
             self.started = True
@@ -160,6 +194,11 @@ class RunLog:
         return self.header.epochs if self.header else 0
 
     @property
+    def has_lines(self) -> bool:
+        """Anything at all was recorded (a header, a start, an epoch or an end)."""
+        return self.header is not None or self.started or bool(self.epochs) or self.end is not None
+
+    @property
     def final(self) -> Epoch | None:
         return self.epochs[-1] if self.epochs else None
 
@@ -180,8 +219,10 @@ class RunLog:
 
 def read_run(path: Path, thresholds: Thresholds | None = None) -> RunLog:
     log = RunLog(path.parent.name, thresholds=thresholds)
-    for rec in RecordReader(path).poll():
+    reader = RecordReader(path)
+    for rec in reader.poll():
         log.add(rec)
+    log.problems += reader.problems
     if log.header is not None and log.header.schema_version > SCHEMA_VERSION:
         raise StoreError(f"{path} was written with schema version {log.header.schema_version}, "
                          f"newer than this faeval-tui understands ({SCHEMA_VERSION})",
@@ -201,8 +242,11 @@ def read_config(audit_dir: Path) -> dict[str, Any]:
                          "give the directory that `faeval-tui run` printed")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise StoreError(f"cannot read {path}: {err}", "the audit's config file is damaged") from None
+    # ValueError covers text that is not UTF-8 and scalars YAML cannot build (a bad date)
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:200]
+        raise StoreError(f"cannot read {path}: {reason}", "the audit's config file is damaged: restore it, "
+                         "or start a new audit") from None
     if not isinstance(data, dict):
         raise StoreError(f"{path} does not hold an audit configuration", "the audit's config file is damaged")
     schema = data.pop("schema", 0)
@@ -222,8 +266,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write {path}: {err.strerror}",
+        try:  # never raise from the cleanup: on a read-only or failing disk the unlink fails too
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise StoreError(f"cannot write {path}: {err.strerror or err}",
                          "check the disk has space and the directory is writable; nothing was overwritten") from None
 
 
@@ -244,17 +291,36 @@ class AuditLock:
         self._fd: int | None = None
 
     def acquire(self) -> AuditLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        audit_dir = self.path.parent
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:  # a read-only file system, or a directory this user cannot write
+            raise StoreError(f"cannot take the lock {self.path}: {(err.strerror or str(err)).lower()}",
+                             "training writes into the audit directory, so it must be writable: copy the "
+                             "audit to a writable disk and resume the copy, or follow it read-only with "
+                             f"`faeval-tui watch {audit_dir}`") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            pid = self.path.read_text().strip() or "?"
-            raise StoreError(f"{self.path.parent} is being trained by another process (pid {pid})",
-                             f"follow it with `faeval-tui watch {self.path.parent}`, "
+            try:
+                pid = self.path.read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                pid = ""
+            # an empty file: the holder has not written its pid yet (or could not)
+            who = f"another process (pid {pid})" if pid.isdigit() else "another process"
+            raise StoreError(f"{audit_dir} is being trained by {who}",
+                             f"follow it with `faeval-tui watch {audit_dir}`, "
                              "or stop that process first") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as err:  # e.g. a network file system without locks
+            os.close(fd)
+            raise StoreError(f"cannot take the lock {self.path}: {(err.strerror or str(err)).lower()}",
+                             "keep the audit on a local disk, or copy it to one and resume the copy") from None
+        try:  # the pid is only for the message above: a disk too full to hold it does not matter
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
         self._fd = fd
         return self
 

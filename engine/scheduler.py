@@ -7,13 +7,13 @@ from typing import Any
 import torch
 
 from .audit import Audit
+from .checkpoint import check_audit_config, resume_state
 from .data import TaskData, load_task
 from .device import apply_threads, training_device
-from .errors import StoreError
 from .events import Listener, ignore
 from .plan import RunSpec
-from .runstore import CHECKPOINT, AuditLock
-from .trainer import load_checkpoint, train_run
+from .runstore import AuditLock
+from .trainer import train_run
 from .worker import ChildTrainer, start_resource_tracker
 
 
@@ -75,16 +75,16 @@ class AuditRunner:
         return specs
 
     def preflight(self) -> None:
-        """Fail before any thread starts, with nothing written: the data must load and
-        every checkpoint a pending run will resume from must be readable."""
-        _ = self.task
+        """Fail before any thread starts, with nothing written (``StoreError``): every pending
+        run's checkpoint must load, be its own and not be ahead of its records, config.yaml must
+        still say what every run was trained under (``trainer.resume_state`` and
+        ``check_audit_config``), and the data must load."""
         with self._cond:
             pending = list(self._pending)
         for spec in pending:
-            ckpt = self.audit.run_dir(spec.run_id) / CHECKPOINT
-            if ckpt.exists() and load_checkpoint(ckpt).get("run_id") != spec.run_id:
-                raise StoreError(f"checkpoint {ckpt} belongs to another run, not {spec.run_id!r}",
-                                 "move the foreign checkpoint away (the run then restarts from scratch)")
+            resume_state(self.audit, spec)
+        check_audit_config(self.audit)
+        _ = self.task
 
     def stop(self) -> None:
         self.stop_event.set()

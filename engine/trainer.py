@@ -4,6 +4,9 @@ Per epoch the host syncs once (the epoch's summed loss); batches are index gathe
 into resident tensors. The record is appended and fsynced first, then the
 checkpoint is written atomically, then the listener hears of it: after a crash the
 checkpoint is never ahead of the records, and a re-run epoch re-appends its line.
+
+Before a run (re)starts, ``engine.checkpoint.resume_state`` checks what it would
+continue from.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Any
 import torch
 
 from .audit import Audit
+from .checkpoint import check_owner, load_checkpoint, remove_stale_checkpoint_temps, resume_state
 from .config import AuditConfig
 from .data import TaskData, derive_seed
 from .diagnostics import DiagnosticSettings
@@ -27,7 +31,7 @@ from .methods import Method, get_method
 from .model import ResMLP
 from .plan import RunSpec, make_header
 from .records import SCHEMA_VERSION, End, Epoch, Start, now_iso
-from .runstore import CHECKPOINT, RECORDS, RecordWriter, atomic_write_bytes, read_run
+from .runstore import CHECKPOINT, RECORDS, RecordWriter, atomic_write_bytes
 from .verdicts import new_alerts
 
 
@@ -35,7 +39,11 @@ class RunParts:
     """The trainable state of a run, built identically for a fresh start and a resume."""
 
     def __init__(self, cfg: AuditConfig, spec: RunSpec, task: TaskData, device: torch.device) -> None:
-        self.model = ResMLP(task.in_dim, task.n_classes, cfg.d, cfg.L, cfg.r, cfg.terminal_ln,
+        self.cfg = cfg
+        # what the model is built from, saved beside its weights (as nanoGPT saves its model_args)
+        self.model_args = {"in_dim": int(task.in_dim), "n_classes": int(task.n_classes), "d": cfg.d, "L": cfg.L,
+                           "r": cfg.r, "terminal_ln": cfg.terminal_ln}
+        self.model = ResMLP(**self.model_args,
                             generator=torch.Generator().manual_seed(derive_seed(spec.seed, "init"))).to(device)
         self.method: Method = get_method(spec.method)(
             self.model, task.n_classes, torch.Generator().manual_seed(derive_seed(spec.seed, "feedback")))
@@ -55,6 +63,7 @@ class RunParts:
 
     def state(self, spec: RunSpec) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, "run_id": spec.run_id, "epoch": self.epoch,
+                "config": self.cfg.dump(), "model_args": dict(self.model_args),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng_shuffle": self.shuffle.get_state(),
                 "method": self.method.state_dict()}
@@ -66,9 +75,17 @@ class RunParts:
 
     def load(self, path, spec: RunSpec) -> None:
         state = load_checkpoint(path)
-        if state.get("run_id") != spec.run_id:
-            raise StoreError(f"checkpoint {path} belongs to run {state.get('run_id')!r}, not {spec.run_id!r}",
-                             "move the foreign checkpoint away, then resume")
+        check_owner(state, path, spec)
+        self.load_state(state, path)
+
+    def load_state(self, state: dict[str, Any], path) -> None:
+        """Continue from a checkpoint's state (``load_checkpoint``, checked by ``resume_state``)."""
+        saved = state.get("model_args")
+        if isinstance(saved, dict) and saved != self.model_args:
+            diff = ", ".join(f"{k} {saved.get(k)!r} → {v!r}" for k, v in self.model_args.items() if saved.get(k) != v)
+            raise StoreError(f"checkpoint {path} holds another model than this run builds ({diff})",
+                             "the audit's config or data changed since it was written; restore them, "
+                             "or start a new audit")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -81,22 +98,8 @@ class RunParts:
         self.epoch = int(state["epoch"])
 
 
-def load_checkpoint(path) -> dict[str, Any]:
-    """Load with ``weights_only=True``: a checkpoint can hold tensors and plain data, never code."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise StoreError(f"checkpoint {path} cannot be loaded: {str(err).splitlines()[0][:200]}",
-                         "it is corrupt or not a faeval-tui checkpoint; delete it to restart that run "
-                         "from scratch") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise StoreError(f"{path} is not a faeval-tui checkpoint", "delete it to restart that run from scratch")
-    if state.get("schema", 0) > SCHEMA_VERSION:
-        raise StoreError(f"checkpoint {path} has schema {state['schema']}, newer than this faeval-tui",
-                         "upgrade faeval-tui")
-    return state
-
-
+# sentences of torch's load errors that are advice, not the reason: the first of them is to
+# retry with weights_only=False, which runs whatever code the file holds
 def diagnostic_settings(cfg: AuditConfig, epoch: int) -> DiagnosticSettings:
     dc = cfg.diagnostics
     last = epoch == cfg.epochs
@@ -176,14 +179,24 @@ def train_run(audit: Audit, spec: RunSpec, task: TaskData, device: torch.device,
     listener = _guarded(listener)
     cfg = audit.cfg
     run_dir = audit.run_dir(spec.run_id)
-    run_dir.mkdir(exist_ok=True)
     records_path, ckpt_path = run_dir / RECORDS, run_dir / CHECKPOINT
-    previous = read_run(records_path, cfg.thresholds) if records_path.exists() else None
-    parts = RunParts(cfg, spec, task, device)
-    writer = RecordWriter(records_path)
+    try:  # refused before anything is written: the run's files stay as they are
+        previous, state = resume_state(audit, spec)  # the scheduler's preflight checked this too
+        try:
+            run_dir.mkdir(exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create {run_dir}: {err.strerror or err}",
+                             "check the disk has space and the audit directory is writable") from None
+        remove_stale_checkpoint_temps(run_dir)
+        parts = RunParts(cfg, spec, task, device)
+        if state is not None:
+            parts.load_state(state, ckpt_path)
+            state = None  # its tensors were copied into the model and the optimizer
+        writer = RecordWriter(records_path)
+    except StoreError as err:
+        listener(RunEnded(spec.run_id, "failed", str(err)))
+        return "failed"
     try:
-        if ckpt_path.exists():
-            parts.load(ckpt_path, spec)
         if previous is None or previous.header is None:
             header = make_header(cfg, spec)
             writer.append(header)

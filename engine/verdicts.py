@@ -65,12 +65,24 @@ def fired(record: Epoch, th: Thresholds) -> list[str]:
     return [k for k, diag in DIAGNOSTICS.items() if diag.fires(record, th)]
 
 
-def evaluate(record: Epoch, th: Thresholds) -> Epoch:
-    """The one place the derived fields are decided: ``fired``, ``degenerate`` and
-    ``stability_mode`` from the record's measurements under ``th``."""
+def needs_baseline(method: str) -> bool:
+    """Every run but the frozen baseline itself needs a baseline for (d)."""
+    return method != "frozen"
+
+
+def evaluate(record: Epoch, th: Thresholds, baseline_needed: bool = True) -> Epoch:
+    """The one place the derived fields are decided: ``fired``, ``degenerate``,
+    ``stability_mode`` and ``unmeasured`` from the record's measurements under ``th``.
+
+    ``unmeasured`` holds "d" when the run needs a baseline (``needs_baseline``) and the
+    record has none: (d) could not be measured, so the run cannot read TRUSTWORTHY.
+    The default assumes a baseline is needed: a caller that forgets gets UNVERIFIED,
+    never a TRUSTWORTHY it did not earn."""
     hits = fired(record, th)
     mode = "drift" if "c" in hits else "unknown" if math.isnan(record.stability) else "noise"
-    return record.model_copy(update={"fired": hits, "degenerate": "b" in hits, "stability_mode": mode})
+    unmeasured = ["d"] if baseline_needed and record.baseline_acc is None else []
+    return record.model_copy(update={"fired": hits, "degenerate": "b" in hits, "stability_mode": mode,
+                                     "unmeasured": unmeasured})
 
 
 def first_fire(records: Iterable[Epoch]) -> dict[str, int]:
@@ -89,14 +101,17 @@ class Verdict:
     submode: str  # "drift" or "noise"
     first_fire: dict[str, int]
     final_epoch: int | None
+    unmeasured: tuple[str, ...] = ()  # walk-back diagnostics that could not be measured at the last epoch
 
     @property
     def label(self) -> str:
         if self.final_epoch is None:
             return "NO DATA"
-        if not self.walked_back:
-            return "TRUSTWORTHY"
-        return "WALKED BACK via " + "+".join(f"({k})" for k in self.fired)
+        if self.walked_back:
+            return "WALKED BACK via " + "+".join(f"({k})" for k in self.fired)
+        if self.unmeasured:  # nothing fired, but not everything was measured: never TRUSTWORTHY
+            return "UNVERIFIED: no baseline for (d)"
+        return "TRUSTWORTHY"
 
     def describe(self) -> str:
         if not self.walked_back:
@@ -105,18 +120,19 @@ class Verdict:
 
     def to_json(self) -> dict[str, Any]:
         return {"label": self.label, "walked_back": self.walked_back, "fired": list(self.fired),
-                "submode": self.submode, "first_fire": self.first_fire, "final_epoch": self.final_epoch}
+                "submode": self.submode, "first_fire": self.first_fire, "final_epoch": self.final_epoch,
+                "unmeasured": list(self.unmeasured)}
 
 
-def verdict(records: list[Epoch], th: Thresholds | None = None) -> Verdict:
+def verdict(records: list[Epoch], th: Thresholds | None = None, baseline_needed: bool = True) -> Verdict:
     """Final verdict from the last epoch; re-evaluated when thresholds are given."""
     if th is not None:
-        records = [evaluate(r, th) for r in records]
+        records = [evaluate(r, th, baseline_needed) for r in records]
     if not records:
         return Verdict(False, (), "noise", {}, None)
     last = records[-1]
     walk = tuple(k for k in WALK_BACK if k in last.fired)
-    return Verdict(bool(walk), walk, last.stability_mode, first_fire(records), last.epoch)
+    return Verdict(bool(walk), walk, last.stability_mode, first_fire(records), last.epoch, tuple(last.unmeasured))
 
 
 @dataclass(frozen=True)

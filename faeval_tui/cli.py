@@ -189,6 +189,9 @@ def export(audit_dir: Annotated[Path, typer.Argument(help="Audit directory.")],
         if format_ not in ("markdown", "json"):
             raise FaevalError(f"unknown export format {format_!r}", "use --format markdown or --format json")
         audit = Audit.open(audit_dir)
+        for log in audit.logs():
+            for problem in log.problems:  # also in the report; said here so a script sees it
+                typer.echo(f"warning: {problem}", err=True)
         text = (render_markdown(audit) if format_ == "markdown"
                 else json.dumps(export_json(audit), indent=2, allow_nan=False) + "\n")
         if out is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from engine.audit import Audit
 from engine.config import AuditConfig
 from engine.data import TaskData
+from engine.errors import FaevalError
 from engine.events import Event
 from engine.plan import RunSpec
 from engine.records import Record
@@ -101,7 +102,10 @@ def resumable_audits(runs_dir: Path, cfg: AuditConfig) -> list[tuple[Audit, list
             continue
         if audit.cfg.name != cfg.name or audit.is_live():
             continue
-        logs = audit.logs()
+        try:
+            logs = audit.logs()
+        except FaevalError:  # e.g. a run written by a newer faeval-tui: not ours to resume
+            continue
         if not any(log.header is not None for log in logs):
             continue  # never started: nothing to resume
         unfinished = [log.run_id for log in logs if log.unfinished]

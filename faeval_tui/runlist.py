@@ -21,6 +21,8 @@ def badge(view: RunView) -> Text:
     if v.walked_back:
         # "WALKED BACK (a)(b)(d)": the engine's label without "via" and "+", so the table fits 80 columns
         return Text("WALKED BACK " + "".join(f"({k})" for k in v.fired), style="bold red")
+    if v.unmeasured:  # nothing fired, but (d) had no baseline to compare with
+        return Text("UNVERIFIED (d)", style="yellow")
     if label == "TRUSTWORTHY":
         text = Text(label, style="green")
         if view.alerts:  # it was walked back at some epoch; the final verdict reads the last one

@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.audit import fill_baselines
 from engine.config import AuditConfig
 from engine.events import BatchProgress, EpochDone, Event, RunEnded, RunStarted
 from engine.plan import RunSpec
 from engine.records import End, Epoch, Header, Record, Start
 from engine.runstore import RunLog
-from engine.verdicts import Alert, Verdict, evaluate, new_alerts, verdict
+from engine.verdicts import Alert, Verdict, evaluate, needs_baseline, new_alerts, verdict
 
 # (256-colour index, marker) per run, in order of appearance: the marker keeps series
 # apart when NO_COLOR turns the colours grey
@@ -132,6 +133,8 @@ class AuditState:
         elif isinstance(event, EpochDone):
             view = self._view(event.run_id)
             view.log.add(event.record)
+            # (d) against the baseline's records as they are now, as every engine reader does
+            fill_baselines({rid: v.log for rid, v in self.runs.items()}, self.cfg, streaming=True)
             view.progress = None
             self.epoch_version += 1
             fresh = [a for a in event.alerts if (a.diagnostic, a.epoch) not in
@@ -153,7 +156,8 @@ class AuditState:
         """One line of a run's records.jsonl, turned into the event training would have sent."""
         view = self._view(run_id, rec if isinstance(rec, Header) else None)
         if isinstance(rec, Epoch):
-            rec = evaluate(rec, self.cfg.thresholds)  # derived fields are never taken from the file
+            # derived fields are never taken from the file
+            rec = evaluate(rec, self.cfg.thresholds, needs_baseline(view.spec.method))
             earlier = [e for e in view.log.epochs if e.epoch < rec.epoch]
             return self.apply(EpochDone(run_id, rec, new_alerts(run_id, earlier, rec, self.cfg.thresholds)))
         view.log.add(rec)  # header, start, end

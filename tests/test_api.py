@@ -43,8 +43,13 @@ def test_bp_credit_on_a_resmlp_is_the_reference_itself(resmlp, data):
     rec = result.record
     assert rec.cos == pytest.approx([1.0] * 4, abs=1e-9) and rec.gamma == pytest.approx(1.0)
     assert min(rec.rho) > 0.99  # the protocol's control: BP credit gives ρ ≈ 1
-    assert result.verdict.label == "TRUSTWORTHY" and not rec.degenerate
+    # nothing fires, but without a frozen baseline (d) is unmeasured: never TRUSTWORTHY
+    assert result.verdict.label == "UNVERIFIED: no baseline for (d)" and not rec.degenerate
     assert rec.null_mean is None and rec.baseline_acc is None and len(rec.h_norm) == 4
+    assert rec.unmeasured == ["d"] and rec.fired == []
+    below = audit_model(resmlp, *data, credit="bp", settings=fast(), frozen_acc=rec.test_acc + 0.01)
+    above = audit_model(resmlp, *data, credit="bp", settings=fast(), frozen_acc=rec.test_acc - 0.01)
+    assert below.verdict.label == "WALKED BACK via (d)" and above.verdict.label == "TRUSTWORTHY"
 
 
 def _float64_reference(model: ResMLP, x, y):
@@ -184,7 +189,7 @@ def test_an_adapter_names_the_hidden_states_of_a_user_model(data):
     assert len(hs) == 3 and torch.allclose(model(x), net(x)) and torch.allclose(hs[2] - hs[1], fs[1], atol=1e-6)
     assert torch.allclose(model.forward_from(1, hs[1]), net(x))
     assert model.block_parameters(1) == list(net.layers[0].parameters()) and model.readout_parameters() == []
-    result = audit_model(model, x, y, credit="bp", settings=fast())
+    result = audit_model(model, x, y, credit="bp", settings=fast(), frozen_acc=0.0)
     assert result.record.cos == pytest.approx([1.0] * 3, abs=1e-9) and min(result.record.rho) > 0.99
     assert result.verdict.label == "TRUSTWORTHY"
     fa = audit_model(model, x, y, credit="fa", settings=fast())  # fa sizes its feedback from d
@@ -203,7 +208,7 @@ def test_an_adapter_of_whole_state_blocks_and_a_missing_width(data):
 
 
 def test_the_result_renders_as_a_per_layer_table(resmlp, data):
-    result = audit_model(resmlp, *data, credit="bp", method="bp", settings=fast())
+    result = audit_model(resmlp, *data, credit="bp", method="bp", settings=fast(), frozen_acc=0.0)
     assert isinstance(result, AuditResult) and result.label == "TRUSTWORTHY"
     table = result.table()
     assert [r[2] for r in table.rows] == ["0", "1", "2", "3"]

@@ -10,11 +10,12 @@ import torch
 from typer.testing import CliRunner
 
 from engine import Audit, AuditRunner, load_config
+from engine.checkpoint import load_checkpoint
 from engine.data import load_task
 from engine.diagnostics import make_probe
 from engine.plan import RunSpec, run_id
 from engine.records import stable
-from engine.trainer import RunParts, load_checkpoint
+from engine.trainer import RunParts
 from engine.verdicts import verdict
 from faeval_tui.cli import app
 from tests.conftest import TINY, WAIT_S, tiny, train

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.checkpoint import load_checkpoint
 from engine.methods import Method, Probe, available_methods
 from engine.methods.base import block_penalty, output_error
-from engine.trainer import load_checkpoint
 from tests.conftest import train
 
 

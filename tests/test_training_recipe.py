@@ -131,7 +131,10 @@ def test_stability_labels_drift_above_the_threshold_noise_at_or_below_it_and_nan
     # (c) only labels a walk-back, it never causes one: NaN stability on a run that (a) walks back
     walked = evaluate(epoch(stability=math.nan, growth=1e3), th)
     assert walked.fired == ["a"] and verdict([walked]).describe() == "WALKED BACK via (a), unknown"
-    assert verdict([evaluate(epoch(stability=0.9), th)]).describe() == "TRUSTWORTHY"
+    assert verdict([evaluate(epoch(stability=0.9, baseline=0.1), th)]).describe() == "TRUSTWORTHY"
+    # the frozen baseline itself needs none; any other run without one is UNVERIFIED, never TRUSTWORTHY
+    assert verdict([evaluate(epoch(stability=0.9), th, baseline_needed=False)]).label == "TRUSTWORTHY"
+    assert verdict([evaluate(epoch(stability=0.9), th)]).label == "UNVERIFIED: no baseline for (d)"
 
 
 # ---------------------------------------------------------------- bf16 on CPU and on a GPU without it

@@ -57,8 +57,10 @@ def audit_table(runs: Source, cfg: AuditConfig | None = None) -> Table:
              "epoch only, so a run that recovered is TRUSTWORTHY with a first fire."]
     notes += foot.notes(cfg)
     if "frozen" not in cfg.methods:
-        notes.append("no frozen baseline in this audit: (d) and the gap cannot be measured.")
+        notes.append("no frozen baseline in this audit: (d) and the gap cannot be measured, so no run reads "
+                     "TRUSTWORTHY (UNVERIFIED at best).")
     elif any(d["method"] != "frozen" and d["gap"]["n"] < d["n"] for d in data):
         notes.append("gap — : the frozen run of that seed has no record at that epoch (failed, or not trained "
-                     "that far), so (d) cannot fire there.")
+                     "that far), so (d) cannot be measured there: a run whose last epoch has no baseline reads "
+                     "UNVERIFIED, never TRUSTWORTHY.")
     return Table("audit", "Audit", HEADERS, rows, notes, data)

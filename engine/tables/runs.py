@@ -11,7 +11,7 @@ from ..config import AuditConfig, Thresholds, validate
 from ..fmt import DASH
 from ..records import Epoch
 from ..runstore import RunLog
-from ..verdicts import WALK_BACK, Verdict, evaluate, verdict
+from ..verdicts import WALK_BACK, Verdict, evaluate, needs_baseline, verdict
 from .cells import DEGENERATE_NOTE, STALE, Stat
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ class RunView:
 
     @classmethod
     def of(cls, log: RunLog, status: str, th: Thresholds) -> RunView:
-        records = [evaluate(r, th) for r in log.epochs]
+        records = [evaluate(r, th, needs_baseline(log.method)) for r in log.epochs]
         return cls(log, status, records, verdict(records))
 
     @property
@@ -68,7 +68,7 @@ class RunView:
             "message": log.end.message if log.end else "",
             "final": final.to_json() if final else None, "fired": list(final.fired) if final else [],
             "first_fire": self.verdict.first_fire, "verdict": self.verdict.label,
-            "verdict_detail": self.verdict.to_json(),
+            "verdict_detail": self.verdict.to_json(), "problems": list(log.problems),
         }
 
 

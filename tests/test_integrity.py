@@ -1,0 +1,131 @@
+"""Never a silently wrong verdict: damaged record files are reported, not smoothed over,
+and (d) is derived from the baseline's records as they are now."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from engine import Audit
+from engine.records import Header
+from engine.report import export_json
+from engine.runstore import RECORDS, RecordWriter, read_run
+from faeval_tui.cli import app
+from faeval_tui.feeds import resumable_audits
+from tests.conftest import train
+from tests.test_console_fixtures import write_fixture_audit
+
+cli = CliRunner()
+
+
+def lines_of(audit: Audit, rid: str) -> list[str]:
+    return (audit.path / rid / RECORDS).read_text().splitlines()
+
+
+def write_lines(audit: Audit, rid: str, lines: list[str]) -> None:
+    (audit.path / rid / RECORDS).write_text("".join(line + "\n" for line in lines))
+
+
+@pytest.fixture
+def fixture_audit(tmp_path) -> Audit:
+    return Audit.open(write_fixture_audit(tmp_path / "fixture"))
+
+
+# ---------------------------------------------------------------- F1: missing or torn header
+
+def test_a_run_whose_header_was_deleted_is_still_exported_and_the_loss_is_reported(fixture_audit):
+    before = {r["run_id"]: r["verdict"] for r in export_json(fixture_audit)["runs"]}
+    write_lines(fixture_audit, "dfa-s42", lines_of(fixture_audit, "dfa-s42")[1:])  # drop the header
+    doc = export_json(fixture_audit)
+    after = {r["run_id"]: r["verdict"] for r in doc["runs"]}
+    assert after == before  # same runs, same verdicts
+    dfa = next(r for r in doc["runs"] if r["run_id"] == "dfa-s42")
+    assert (dfa["method"], dfa["seed"]) == ("dfa", 42) and "no readable header" in dfa["problems"][0]
+    res = cli.invoke(app, ["export", str(fixture_audit.path)])
+    assert res.exit_code == 0
+    assert "warning:" in res.stderr and "dfa-s42" in res.stderr and "no readable header" in res.stderr
+    assert "problems reading the records" in res.stdout and "| dfa |" in res.stdout
+
+
+def test_a_header_torn_by_a_crash_is_followed_by_a_readable_one_on_resume(fixture_audit):
+    path = fixture_audit.path / "bp-s42" / RECORDS
+    header = lines_of(fixture_audit, "bp-s42")[0]
+    path.write_text(header[: len(header) // 2])  # kill -9 while the header was being written
+    writer = RecordWriter(path)  # what train_run does on resume: a new header
+    writer.append(Header.model_validate(json.loads(header)))
+    writer.close()
+    log = read_run(path)
+    assert log.header is not None and log.header.run_id == "bp-s42"
+    assert len(log.problems) == 1 and "line 1" in log.problems[0] and "torn" in log.problems[0]
+
+
+def test_a_run_with_only_a_lost_penalty_header_is_found_by_its_name(fixture_audit):
+    write_lines(fixture_audit, "dfa-lam0.01-s42", lines_of(fixture_audit, "dfa-lam0.01-s42")[1:])
+    specs = {s.run_id: s for s in fixture_audit.planned()}
+    assert specs["dfa-lam0.01-s42"].penalty == 0.01 and specs["dfa-lam0.01-s42"].parent == "dfa-s42"
+    assert "dfa-lam0.01-s42" in [r["run_id"] for r in export_json(fixture_audit)["runs"]]
+
+
+# ---------------------------------------------------------------- F4: JSON that is not a record
+
+@pytest.mark.parametrize("bad", ["42", '{"type":"epoch"}', '{"type":"end","epoch":3}', '"text"', "[1, 2]"])
+def test_valid_json_that_is_not_a_record_is_skipped_with_its_file_and_line(fixture_audit, bad):
+    lines = lines_of(fixture_audit, "fa-s42")
+    write_lines(fixture_audit, "fa-s42", lines[:3] + [bad] + lines[3:])
+    res = cli.invoke(app, ["export", str(fixture_audit.path), "--format", "json"])
+    assert res.exit_code == 0 and "Traceback" not in res.output
+    assert f"{fixture_audit.path / 'fa-s42' / RECORDS} line 4 skipped" in res.stderr
+    fa = next(r for r in json.loads(res.stdout)["runs"] if r["run_id"] == "fa-s42")
+    assert fa["epochs_done"] == 3 and fa["status"] == "diverged" and len(fa["problems"]) == 1
+
+
+def test_a_string_schema_number_is_read_as_the_number(fixture_audit):
+    lines = lines_of(fixture_audit, "bp-s42")
+    header = json.loads(lines[0])
+    write_lines(fixture_audit, "bp-s42", [json.dumps({**header, "schema": "1"})] + lines[1:])
+    assert fixture_audit.log("bp-s42").header.schema_version == 1
+
+
+def test_a_run_from_a_newer_version_is_no_resume_candidate_and_crashes_nothing(fixture_audit):
+    lines = lines_of(fixture_audit, "dfa-lam0.01-s42")  # the unfinished run: a resume candidate
+    header = json.loads(lines[0])
+    write_lines(fixture_audit, "dfa-lam0.01-s42", [json.dumps({**header, "schema": 99})] + lines[1:])
+    assert resumable_audits(fixture_audit.path.parent, fixture_audit.cfg) == []
+    res = cli.invoke(app, ["export", str(fixture_audit.path)])
+    assert res.exit_code == 2 and "schema version 99" in res.output and "Traceback" not in res.output
+
+
+# ---------------------------------------------------------------- F2: (d) against the baseline as it is now
+
+def test_a_baseline_trained_after_its_dependents_still_walks_them_back(new_audit):
+    audit = new_audit("methods=[dfa,frozen]", "thresholds.depth_margin=0.5")  # (d) fires on any real run
+    assert set(train(audit).values()) == {"finished"}
+    assert "d" in audit.log("dfa-s42").final.fired
+    # as if frozen had failed before dfa trained: dfa's lines say "no baseline"
+    lines = [json.loads(line) for line in lines_of(audit, "dfa-s42")]
+    write_lines(audit, "dfa-s42", [json.dumps({**rec, "baseline_acc": None, "fired": []}
+                                              if rec["type"] == "epoch" else rec) for rec in lines])
+    dfa = audit.log("dfa-s42")
+    assert dfa.final.baseline_acc == audit.log("frozen-s42").final.test_acc
+    assert "d" in dfa.final.fired
+    verdicts = {r["run_id"]: r["verdict"] for r in export_json(audit)["runs"]}
+    assert verdicts["dfa-s42"].startswith("WALKED BACK via (d)")
+
+
+def test_a_run_whose_baseline_has_no_record_never_reads_trustworthy(new_audit):
+    audit = new_audit("methods=[dfa,frozen]", "thresholds.depth_margin=-1")  # (d) can never fire
+    assert set(train(audit).values()) == {"finished"}
+    assert {r["run_id"]: r["verdict"] for r in export_json(audit)["runs"]}["dfa-s42"] == "TRUSTWORTHY"
+    frozen = lines_of(audit, "frozen-s42")
+    write_lines(audit, "frozen-s42", [line for line in frozen if '"type":"epoch"' not in line])
+    doc = export_json(audit)
+    assert {r["run_id"]: r["verdict"] for r in doc["runs"]}["dfa-s42"] == "UNVERIFIED: no baseline for (d)"
+    row = next(r for r in doc["tables"][0]["rows"] if r[0] == "dfa")
+    assert row[13] == "UNVERIFIED: no baseline for (d)"
+
+
+def test_an_audit_without_frozen_reads_unverified(new_audit):
+    audit = new_audit("methods=[bp]")
+    assert train(audit) == {"bp-s42": "finished"}
+    assert export_json(audit)["runs"][0]["verdict"] == "UNVERIFIED: no baseline for (d)"
