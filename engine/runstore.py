@@ -56,10 +56,17 @@ class RecordWriter:
     def append(self, record: Line) -> None:
         line = ("\n" if self._torn else "") + record.dumps() + "\n"
         try:
+            fault_point("line-before")
+            if fault_armed("line-torn"):  # half the line durable, then the process dies
+                self._fh.write(line[: len(line) // 2])
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                os._exit(137)
             self._fh.write(line)
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._torn = False
+            fault_point("line-after")
         except OSError as err:
             self._torn = True  # part of the line may be on disk: the next one starts after it
             raise StoreError(f"cannot append to {self.path}: {err.strerror}",
@@ -84,6 +91,33 @@ class RecordWriter:
                       "was already on disk", file=sys.stderr)
             except (OSError, ValueError):
                 pass  # stderr is gone too: the records on disk stay the source of truth
+
+
+# The fault-injection harness (tests/test_kill_points.py) kills a training process at an
+# exact write: FAEVAL_FAULT=<point>@<n> makes the n-th pass through <point> end the process
+# as kill -9 would (os._exit, no cleanup, no end line). Unset, the points cost one dict
+# lookup per write.
+FAULT_ENV = "FAEVAL_FAULT"
+FAULT_POINTS = ("line-before", "line-torn", "line-after", "file-before-rename", "file-after-rename")
+_fault_seen: dict[str, int] = {}
+
+
+def fault_armed(point: str) -> bool:
+    """Whether this pass through ``point`` is the one FAEVAL_FAULT names (counts the pass)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return False
+    name, _, nth = spec.partition("@")
+    if name != point:
+        return False
+    _fault_seen[point] = _fault_seen.get(point, 0) + 1
+    return _fault_seen[point] == int(nth or 1)
+
+
+def fault_point(point: str) -> None:
+    """End the process here, as kill -9 would, when FAEVAL_FAULT names this pass."""
+    if fault_armed(point):
+        os._exit(137)
 
 
 def _last_byte(path: Path) -> bytes:
@@ -264,7 +298,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        fault_point("file-before-rename")
         os.replace(tmp, path)
+        fault_point("file-after-rename")
     except OSError as err:
         try:  # never raise from the cleanup: on a read-only or failing disk the unlink fails too
             tmp.unlink(missing_ok=True)

@@ -280,7 +280,7 @@ class FaevalApp(LiveMixin, App[None]):
         self.exit()
 
 
-def launch(cfg: AuditConfig, runs_dir: Path | str, bell: bool = True) -> None:
+def launch(cfg: AuditConfig, runs_dir: Path | str, bell: bool = True) -> int:
     """Open the console on a new (or resumed) audit of ``cfg``."""
     app = FaevalApp(cfg=cfg, runs_dir=Path(runs_dir), bell=bell)
     app.run()
@@ -288,8 +288,12 @@ def launch(cfg: AuditConfig, runs_dir: Path | str, bell: bool = True) -> None:
         print(f"audit directory: {app.audit.path}")
     if app.failure is not None:
         raise app.failure  # the CLI prints it again below the closed console and exits 2
+    return app.return_code or 0
 
 
-def watch(audit_dir: Path | str, bell: bool = True) -> None:
-    """Open the console read-only on an audit another process trains (or trained)."""
-    FaevalApp(watch=Audit.open(audit_dir), bell=bell).run()
+def watch(audit_dir: Path | str, bell: bool = True) -> int:
+    """Open the console read-only on an audit another process trains (or trained); returns
+    the app's exit code (non-zero when it crashed: the command must not report success)."""
+    app = FaevalApp(watch=Audit.open(audit_dir), bell=bell)
+    app.run()
+    return app.return_code or 0

@@ -93,9 +93,11 @@ def console(ctx: typer.Context, preset: PresetOpt = None, set_: SetOpt = None,
         cfg = load_config(preset, _sets(set_, device, data_dir))
         from .app import launch
 
-        launch(cfg=cfg, runs_dir=runs_dir, bell=not no_bell)
+        code = launch(cfg=cfg, runs_dir=runs_dir, bell=not no_bell)
     except FaevalError as err:
         fail(err)
+    if code:
+        raise typer.Exit(code)  # the console crashed: its traceback is above
 
 
 @app.command()
@@ -154,9 +156,11 @@ def watch(audit_dir: Annotated[Path, typer.Argument(help="Audit directory to fol
     from .app import watch as watch_console
 
     try:
-        watch_console(audit_dir, bell=not no_bell)
+        code = watch_console(audit_dir, bell=not no_bell)
     except FaevalError as err:
         fail(err)
+    if code:
+        raise typer.Exit(code)  # the console crashed: its traceback is above
 
 
 @app.command()

@@ -109,3 +109,15 @@ def test_the_console_command_exits_2_with_the_reason_training_could_not_start(tm
     res = cli.invoke(app, ["--runs-dir", str(tmp_path / "runs")])
     assert res.exit_code == 2 and "CIFAR-10 not found in /nowhere" in res.output and "--data-dir" in res.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_watch_exits_non_zero_when_the_console_crashed(tmp_path, monkeypatch) -> None:
+    from faeval_tui.app import FaevalApp
+    from tests.test_console_fixtures import write_fixture_audit
+
+    def run(self):  # Textual's own exit code after an unhandled exception in the app
+        self._return_code = 1
+
+    monkeypatch.setattr(FaevalApp, "run", run)
+    res = cli.invoke(app, ["watch", str(write_fixture_audit(tmp_path / "a"))])
+    assert res.exit_code == 1
