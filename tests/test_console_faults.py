@@ -107,7 +107,7 @@ class SlowLoader:
 
     def __call__(self, cfg):
         self.calls.append(threading.current_thread().name)
-        assert self.go.wait(30), "the test never let the data load"
+        assert self.go.wait(WAIT_S), "the test never let the data load"
         self.loaded = load_task(cfg)
         return self.loaded
 
