@@ -12,6 +12,7 @@ from .config import AuditConfig, validate
 from .errors import StoreError
 from .plan import RunSpec, baseline_run, make_header, parse_run_id, plan_runs
 from .runstore import (
+    CHECKPOINT,
     RECORDS,
     AuditLock,
     RunLog,
@@ -134,7 +135,12 @@ class Audit:
     def _read(self, rid: str) -> RunLog:
         path = self.run_dir(rid) / RECORDS
         if not path.exists():
-            return RunLog(rid, thresholds=self.cfg.thresholds)
+            log = RunLog(rid, thresholds=self.cfg.thresholds)
+            if (self.run_dir(rid) / CHECKPOINT).exists():  # trained once, then its records were lost
+                log.header = make_header(self.cfg, self._spec(rid, log)).model_copy(update={"created": ""})
+                log.problems.append(f"{path} is missing, but the run has a checkpoint: it trained, and its "
+                                    "records are lost")
+            return log
         log = read_run(path, self.cfg.thresholds)
         if log.header is None and log.has_lines:
             # records without a readable header (deleted, or torn by a crash): report the run,

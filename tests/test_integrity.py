@@ -129,3 +129,13 @@ def test_an_audit_without_frozen_reads_unverified(new_audit):
     audit = new_audit("methods=[bp]")
     assert train(audit) == {"bp-s42": "finished"}
     assert export_json(audit)["runs"][0]["verdict"] == "UNVERIFIED: no baseline for (d)"
+
+
+def test_a_run_whose_records_were_deleted_but_whose_checkpoint_remains_is_reported(new_audit):
+    audit = new_audit("methods=[dfa,frozen]")
+    assert set(train(audit).values()) == {"finished"}
+    (audit.path / "frozen-s42" / RECORDS).unlink()
+    doc = export_json(audit)
+    frozen = next(r for r in doc["runs"] if r["run_id"] == "frozen-s42")
+    assert "records are lost" in frozen["problems"][0] and frozen["epochs_done"] == 0
+    assert next(r for r in doc["runs"] if r["run_id"] == "dfa-s42")["verdict"] == "UNVERIFIED: no baseline for (d)"
