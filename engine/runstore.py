@@ -149,6 +149,16 @@ class RecordReader:
         self._line = 0
         self.problems: list[str] = []  # lines skipped, each with its number and why
 
+    @property
+    def lines(self) -> int:
+        """Complete lines read so far."""
+        return self._line
+
+    @property
+    def pending(self) -> bool:
+        """A last line without its newline is held back for the next poll."""
+        return bool(self._partial.strip())
+
     def poll(self) -> list[Record]:
         try:
             with open(self.path, "rb") as fh:
@@ -254,9 +264,19 @@ class RunLog:
 def read_run(path: Path, thresholds: Thresholds | None = None) -> RunLog:
     log = RunLog(path.parent.name, thresholds=thresholds)
     reader = RecordReader(path)
+    seen = 0
     for rec in reader.poll():
+        if isinstance(rec, Epoch):
+            seen = max(seen, rec.epoch)
         log.add(rec)
     log.problems += reader.problems
+    if reader.pending:  # read in one go, a last line without its newline was torn, or is being written
+        log.problems.append(f"{path} line {reader.lines + 1} skipped: it has no end (torn by a crash, or "
+                            "still being written)")
+    if log.epochs and log.epochs[-1].epoch < seen:  # an epoch re-appended out of order dropped later ones
+        log.problems.append(f"{path}: epochs {log.epochs[-1].epoch + 1}–{seen} were superseded by a later line "
+                            f"for epoch {log.epochs[-1].epoch} (a resume in progress, or a duplicated or "
+                            "reordered line); the run reads as having reached that epoch")
     if log.header is not None and log.header.schema_version > SCHEMA_VERSION:
         raise StoreError(f"{path} was written with schema version {log.header.schema_version}, "
                          f"newer than this faeval-tui understands ({SCHEMA_VERSION})",
@@ -284,6 +304,9 @@ def read_config(audit_dir: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise StoreError(f"{path} does not hold an audit configuration", "the audit's config file is damaged")
     schema = data.pop("schema", 0)
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        raise StoreError(f"{path} has schema {schema!r}, not a version number", "the audit's config file is "
+                         f"damaged: restore `schema: {SCHEMA_VERSION}`, or start a new audit")
     if schema > SCHEMA_VERSION:
         raise StoreError(f"{audit_dir} was written with schema version {schema}, newer than this "
                          f"faeval-tui understands ({SCHEMA_VERSION})", "upgrade faeval-tui to read this audit")

@@ -139,3 +139,28 @@ def test_a_run_whose_records_were_deleted_but_whose_checkpoint_remains_is_report
     frozen = next(r for r in doc["runs"] if r["run_id"] == "frozen-s42")
     assert "records are lost" in frozen["problems"][0] and frozen["epochs_done"] == 0
     assert next(r for r in doc["runs"] if r["run_id"] == "dfa-s42")["verdict"] == "UNVERIFIED: no baseline for (d)"
+
+
+def test_a_last_line_torn_in_half_is_reported(fixture_audit):
+    path = fixture_audit.path / "dfa-s42" / RECORDS
+    text = path.read_text()
+    path.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])  # the end line, cut
+    log = fixture_audit.log("dfa-s42")
+    assert log.end is None and any("has no end" in p for p in log.problems)
+
+
+@pytest.mark.parametrize("edit", ["duplicate", "swap"])
+def test_an_epoch_line_out_of_order_is_reported_not_silently_shortening_the_run(fixture_audit, edit):
+    lines = lines_of(fixture_audit, "bp-s42")  # header, start, epochs 1-5, end
+    epochs = lines[2:7]
+    lines = lines + [epochs[1]] if edit == "duplicate" else lines[:2] + epochs[:3] + [epochs[4], epochs[3]] + lines[7:]
+    write_lines(fixture_audit, "bp-s42", lines)
+    log = fixture_audit.log("bp-s42")
+    assert any("superseded" in p for p in log.problems), log.problems
+
+
+def test_a_config_schema_that_is_not_a_number_is_refused(fixture_audit):
+    cfg = fixture_audit.path / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("schema: 1", "schema: '1'"))
+    res = cli.invoke(app, ["resume", str(fixture_audit.path)])
+    assert res.exit_code == 2 and "not a version number" in res.output and "Traceback" not in res.output
