@@ -5,12 +5,14 @@ are laid out, and ``engine.scheduler`` trains them.
 """
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from pathlib import Path
 
 from .config import AuditConfig, validate
 from .errors import StoreError
-from .plan import RunSpec, baseline_run, make_header, parse_run_id, plan_runs
+from .plan import RunSpec, baseline_run, identity_mismatch, make_header, parse_run_id, plan_runs
+from .records import Header
 from .runstore import (
     CHECKPOINT,
     RECORDS,
@@ -84,9 +86,12 @@ class Audit:
         for run_dir in list_runs(self.path):
             if run_dir.name in specs:
                 continue
+            # its name says who it is (a header may be lost, torn or hand-edited); a name that
+            # is not a run id falls back on the header, under the directory's name
+            spec = parse_run_id(run_dir.name)
             h = read_run(run_dir / RECORDS).header
-            # a run whose header is lost or torn still has its records: its name says who it is
-            spec = RunSpec.of(h) if h is not None else parse_run_id(run_dir.name)
+            if h is not None and (spec is None or identity_mismatch(h, spec) is None):
+                spec = dataclasses.replace(RunSpec.of(h), run_id=run_dir.name)  # the header's exact λ
             if spec is not None:
                 specs[spec.run_id] = spec
         return list(specs.values())
@@ -127,17 +132,25 @@ class Audit:
         return list(logs.values())
 
     def _spec(self, rid: str, log: RunLog) -> RunSpec:
+        """Who run ``rid`` is: the plan's spec, else what its name says, else its header."""
+        named = next((s for s in plan_runs(self.cfg) if s.run_id == rid), None) or parse_run_id(rid)
+        if named is not None:
+            return named
         if log.header is not None:
-            return RunSpec.of(log.header)
-        return next((s for s in plan_runs(self.cfg) if s.run_id == rid), None) or parse_run_id(rid) \
-            or RunSpec(rid, "?", 0)
+            return dataclasses.replace(RunSpec.of(log.header), run_id=rid)
+        return RunSpec(rid, "?", 0)
+
+    def planned_header(self, rid: str, log: RunLog) -> Header:
+        """The header a run without a usable one is reported under: its name's and the config's
+        (``created`` empty: nothing on disk wrote it)."""
+        return make_header(self.cfg, self._spec(rid, log)).model_copy(update={"created": ""})
 
     def _read(self, rid: str) -> RunLog:
         path = self.run_dir(rid) / RECORDS
         if not path.exists():
             log = RunLog(rid, thresholds=self.cfg.thresholds)
             if (self.run_dir(rid) / CHECKPOINT).exists():  # trained once, then its records were lost
-                log.header = make_header(self.cfg, self._spec(rid, log)).model_copy(update={"created": ""})
+                log.header = self.planned_header(rid, log)
                 log.problems.append(f"{path} is missing, but the run has a checkpoint: it trained, and its "
                                     "records are lost")
             return log
@@ -145,10 +158,19 @@ class Audit:
         if log.header is None and log.has_lines:
             # records without a readable header (deleted, or torn by a crash): report the run,
             # never leave it out, with the header its name and the audit's config give it
-            log.header = make_header(self.cfg, self._spec(rid, log)).model_copy(update={"created": ""})
+            log.header = self.planned_header(rid, log)
             log.problems.append(f"{path}: no readable header line; the run is reported with the header "
                                 "its name and the audit's config give it")
-            log.epochs = [evaluate(e, self.cfg.thresholds, needs_baseline(log.method)) for e in log.epochs]
+        elif log.header is not None:
+            wrong = identity_mismatch(log.header, self._spec(rid, log))
+            if wrong:  # a hand-edited header never moves a run into another method's row
+                spec = self._spec(rid, log)
+                log.header = log.header.model_copy(update={"run_id": rid, "method": spec.method, "seed": spec.seed,
+                                                           "penalty": spec.penalty, "parent": spec.parent})
+                log.problems.append(f"{path}: its header says {wrong}; the run is reported as its name says")
+            else:
+                return log
+        log.epochs = [evaluate(e, self.cfg.thresholds, needs_baseline(log.method)) for e in log.epochs]
         return log
 
     def is_live(self) -> bool:

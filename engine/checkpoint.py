@@ -19,7 +19,7 @@ import torch
 
 from .audit import Audit
 from .errors import StoreError
-from .plan import RunSpec
+from .plan import RunSpec, identity_mismatch
 from .records import SCHEMA_VERSION
 from .runstore import CHECKPOINT, CONFIG, RECORDS, RunLog, read_run
 
@@ -161,6 +161,11 @@ def resume_state(audit: Audit, spec: RunSpec) -> tuple[RunLog | None, dict[str, 
         state = load_checkpoint(ckpt_path)
         check_owner(state, ckpt_path, spec)
     if previous is not None and previous.header is not None:
+        wrong = identity_mismatch(previous.header, spec)
+        if wrong:
+            raise StoreError(f"{records_path}: its header says {wrong}",
+                             f"restore the header line of {records_path} (it was edited), or move the run aside "
+                             "to train it again")
         check_config(audit, spec.run_id, previous.header.config, "its records' header")
     if state is None:
         return previous, None

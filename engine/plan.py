@@ -43,6 +43,18 @@ def parse_run_id(rid: str) -> RunSpec | None:
     return RunSpec(rid, method, seed, lam, run_id(method, seed) if lam else None)
 
 
+def identity_mismatch(header: Header, spec: RunSpec) -> str | None:
+    """What a run's header says about who the run is that its name (and the plan) does not,
+    or None when they agree: a hand-edited ``method`` must never move a run into another row."""
+    said = RunSpec.of(header)
+    # a name holds λ as run_id writes it (6 significant digits): compare it the same way
+    same = {"penalty": lambda a, b: f"{a:g}" == f"{b:g}"}
+    diffs = [f"{key} {getattr(said, key)!r} (its name says {getattr(spec, key)!r})"
+             for key in ("run_id", "method", "seed", "penalty")
+             if not same.get(key, lambda a, b: a == b)(getattr(said, key), getattr(spec, key))]
+    return "; ".join(diffs) or None
+
+
 def make_header(cfg: AuditConfig, spec: RunSpec) -> Header:
     """The first line of a run's records: who it is and the whole config it trains under."""
     return Header(run_id=spec.run_id, method=spec.method, seed=spec.seed, penalty=spec.penalty,

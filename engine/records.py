@@ -26,7 +26,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 Status = Literal["finished", "diverged", "failed", "stopped"]
@@ -126,6 +126,21 @@ class Epoch(Line):
     diag_s: dict[str, float] = Field(default_factory=dict)  # seconds per diagnostic
     time: Optional[str] = None  # UTC, when written
 
+    @model_validator(mode="after")
+    def _per_layer_lists_agree(self) -> Epoch:
+        """Every per-layer list covers h_0..h_L (one entry per hidden state, at least one):
+        a shortened or emptied list is a bad line, never an IndexError in a reader."""
+        if self.epoch < 0:
+            raise ValueError(f"epoch {self.epoch} is negative")
+        n = len(self.h_norm)
+        if n == 0:
+            raise ValueError("h_norm is empty (it holds ‖h_l‖ for every layer 0..L)")
+        for name in _PER_LAYER:
+            values = getattr(self, name)
+            if values is not None and len(values) != n:
+                raise ValueError(f"{name} has {len(values)} entries, h_norm {n} (one per layer 0..L)")
+        return self
+
     @property
     def layers(self) -> int:
         """L + 1: the number of hidden states h_0..h_L."""
@@ -134,6 +149,9 @@ class Epoch(Line):
     @property
     def h_L(self) -> float:
         return self.h_norm[-1]
+
+
+_PER_LAYER = ("g_norm", "a_norm", "cos", "cos_std", "cos_excluded", "rho", "null_mean", "null_std")
 
 
 def at_layer(values: list[Any] | None, layer: int) -> Any:

@@ -166,6 +166,11 @@ class RecordReader:
                 chunk = fh.read()
         except FileNotFoundError:
             return []
+        except OSError as err:  # a directory, no permission, an I/O error: say so once, read nothing
+            problem = f"{self.path} cannot be read: {err.strerror or err}"
+            if problem not in self.problems:
+                self.problems.append(problem)
+            return []
         self._offset += len(chunk)
         data = self._partial + chunk
         *lines, self._partial = data.split(b"\n")
@@ -210,6 +215,10 @@ class RunLog:
                 except ValueError:
                     pass  # a damaged header config: the stored fired sets stand
         elif isinstance(rec, Epoch):
+            if self.header is not None and rec.epoch > self.header.epochs:
+                self.problems.append(f"an epoch {rec.epoch} line was skipped: the run trains "
+                                     f"{self.header.epochs} epochs (a hand-edited or foreign line)")
+                return
             if self.thresholds is not None:
                 rec = evaluate(rec, self.thresholds, needs_baseline(self.method))
             # a resumed run may re-append an epoch after a crash: the later line wins
@@ -266,8 +275,8 @@ def read_run(path: Path, thresholds: Thresholds | None = None) -> RunLog:
     reader = RecordReader(path)
     seen = 0
     for rec in reader.poll():
-        if isinstance(rec, Epoch):
-            seen = max(seen, rec.epoch)
+        if isinstance(rec, Epoch) and (log.header is None or rec.epoch <= log.header.epochs):
+            seen = max(seen, rec.epoch)  # (an epoch past the run's end is skipped, and said, by add)
         log.add(rec)
     log.problems += reader.problems
     if reader.pending:  # read in one go, a last line without its newline was torn, or is being written

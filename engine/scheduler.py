@@ -13,6 +13,7 @@ from .device import apply_threads, training_device
 from .events import Listener, ignore
 from .plan import RunSpec
 from .runstore import AuditLock
+from .sizing import check_fits
 from .trainer import train_run
 from .worker import ChildTrainer, start_resource_tracker
 
@@ -78,12 +79,15 @@ class AuditRunner:
         """Fail before any thread starts, with nothing written (``StoreError``): every pending
         run's checkpoint must load, be its own and not be ahead of its records, config.yaml must
         still say what every run was trained under (``trainer.resume_state`` and
-        ``check_audit_config``), and the data must load."""
+        ``check_audit_config``), the runs must fit in this machine's memory (``sizing.check_fits``)
+        and the data must load."""
         with self._cond:
             pending = list(self._pending)
         for spec in pending:
             resume_state(self.audit, spec)
         check_audit_config(self.audit)
+        if pending:
+            check_fits(self.audit.cfg, resuming=True)  # a resume may run on another, smaller machine than the start
         _ = self.task
 
     def stop(self) -> None:

@@ -139,9 +139,10 @@ def available_bytes() -> int | None:
         return None
 
 
-def check_fits(cfg: AuditConfig, available: int | None = None) -> None:
+def check_fits(cfg: AuditConfig, available: int | None = None, resuming: bool = False) -> None:
     """Refuse (``ConfigError``) an audit whose estimate exceeds ``available`` bytes (default:
-    the machine's available memory now)."""
+    the machine's available memory now). ``resuming``: the sizes are fixed by the runs already
+    trained, so the advice is about memory and workers only."""
     available = available_bytes() if available is None else available
     if available is None:
         return
@@ -156,7 +157,10 @@ def check_fits(cfg: AuditConfig, available: int | None = None) -> None:
                f"{fmt_bytes(b['per_run'])} per run with its optimizer state and activations"
                + (f" × {runs} runs at once (workers={cfg.workers})" if runs > 1 else "")
                + f"; {data_part}")
-    if b["data"] > runs * b["per_run"]:
+    if resuming:
+        hint = ("free memory, lower workers in config.yaml (the one size key a resume may change), or resume "
+                "on a machine with more memory; the other sizes are those the audit's runs trained under")
+    elif b["data"] > runs * b["per_run"]:
         hint = ("make the synthetic task smaller: synthetic.n_train, synthetic.n_test, synthetic.in_dim or "
                 "synthetic.teacher_width (and keep d, L and batch_size within what the memory allows)")
     else:

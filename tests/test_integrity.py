@@ -164,3 +164,72 @@ def test_a_config_schema_that_is_not_a_number_is_refused(fixture_audit):
     cfg.write_text(cfg.read_text().replace("schema: 1", "schema: '1'"))
     res = cli.invoke(app, ["resume", str(fixture_audit.path)])
     assert res.exit_code == 2 and "not a version number" in res.output and "Traceback" not in res.output
+
+
+# ---------------------------------------------------------------- the sweep's last pass: six more
+
+def test_a_header_whose_method_was_edited_is_reported_as_its_name_says(fixture_audit):
+    before = {r["run_id"]: (r["method"], r["verdict"]) for r in export_json(fixture_audit)["runs"]}
+    lines = lines_of(fixture_audit, "dfa-s42")
+    write_lines(fixture_audit, "dfa-s42", [lines[0].replace('"method":"dfa"', '"method":"frozen"')] + lines[1:])
+    doc = export_json(fixture_audit)
+    assert {r["run_id"]: (r["method"], r["verdict"]) for r in doc["runs"]} == before
+    dfa = next(r for r in doc["runs"] if r["run_id"] == "dfa-s42")
+    assert dfa["problems"] == [f"{fixture_audit.path / 'dfa-s42' / RECORDS}: its header says method 'frozen' "
+                               "(its name says 'dfa'); the run is reported as its name says"]
+    frozen_row = next(r for r in doc["tables"][0]["rows"] if r[0] == "frozen")
+    assert frozen_row[2] == "1"  # n: frozen-s42 alone, not averaged with dfa-s42
+
+
+def test_resume_refuses_a_run_whose_header_names_another_method(new_audit):
+    audit = new_audit("methods=[dfa,frozen]", "epochs=2")
+    train(audit)
+    lines = lines_of(audit, "dfa-s42")
+    write_lines(audit, "dfa-s42", [lines[0].replace('"method":"dfa"', '"method":"bp"')] + lines[1:])
+    (audit.path / "dfa-s42" / RECORDS).write_text("\n".join(lines_of(audit, "dfa-s42")[:-1]) + "\n")  # no end
+    before = (audit.path / "dfa-s42" / RECORDS).read_bytes()
+    res = cli.invoke(app, ["resume", str(audit.path)])
+    assert "its header says method 'bp' (its name says 'dfa')" in res.output and "Traceback" not in res.output
+    assert (audit.path / "dfa-s42" / RECORDS).read_bytes() == before
+
+
+@pytest.mark.parametrize("edit", [{"h_norm": []}, {"g_norm": [1.0]}, {"rho": [0.5]}, {"cos_excluded": []},
+                                  {"epoch": -1}])
+def test_an_epoch_line_with_a_short_or_empty_per_layer_list_is_a_bad_line(fixture_audit, edit):
+    lines = lines_of(fixture_audit, "bp-s42")  # header, start, epochs 1-5, end
+    write_lines(fixture_audit, "bp-s42", lines[:4] + [json.dumps({**json.loads(lines[4]), **edit})] + lines[5:])
+    key = next(iter(edit))
+    log = fixture_audit.log("bp-s42")
+    assert len(log.problems) >= 1 and "line 5 skipped" in log.problems[0] and key in log.problems[0]
+    res = cli.invoke(app, ["export", str(fixture_audit.path)])
+    assert res.exit_code == 0 and "Traceback" not in res.output and "line 5 skipped" in res.stderr
+
+
+def test_an_epoch_beyond_the_runs_epochs_is_skipped_and_reported(fixture_audit):
+    lines = lines_of(fixture_audit, "bp-s42")
+    write_lines(fixture_audit, "bp-s42", lines[:-1] + [json.dumps({**json.loads(lines[6]), "epoch": 99})] + lines[-1:])
+    log = fixture_audit.log("bp-s42")
+    assert log.final.epoch == 5 and log.problems == [
+        "an epoch 99 line was skipped: the run trains 5 epochs (a hand-edited or foreign line)"]
+
+
+def test_records_that_are_a_directory_are_reported_not_a_traceback(fixture_audit):
+    path = fixture_audit.path / "fa-s42" / RECORDS
+    path.unlink()
+    path.mkdir()
+    res = cli.invoke(app, ["export", str(fixture_audit.path), "--format", "json"])
+    assert res.exit_code == 0 and "Traceback" not in res.output
+    fa = next(r for r in json.loads(res.stdout)["runs"] if r["run_id"] == "fa-s42")
+    assert fa["status"] == "not started" and fa["method"] == "fa"
+    assert fa["problems"] == [f"{path} cannot be read: Is a directory"]
+    assert f"{path} cannot be read" in res.stderr
+
+
+def test_planned_runs_that_have_not_started_are_listed_in_the_export(new_audit):
+    audit = new_audit("methods=[dfa,frozen]", "seeds=[1,2]")
+    doc = export_json(audit)  # nothing trained yet, as after kill -9 before the first run began
+    assert [(r["run_id"], r["status"], r["verdict"]) for r in doc["runs"]] == [
+        ("frozen-s1", "not started", "NO DATA"), ("frozen-s2", "not started", "NO DATA"),
+        ("dfa-s1", "not started", "NO DATA"), ("dfa-s2", "not started", "NO DATA")]
+    res = cli.invoke(app, ["export", str(audit.path)])
+    assert res.exit_code == 0 and res.stdout.count("not started") >= 2

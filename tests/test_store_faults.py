@@ -392,3 +392,15 @@ def test_the_lock_message_names_no_pid_when_the_pid_file_is_empty(new_audit):
             AuditLock(audit.path).acquire()
     finally:
         os.close(fd)
+
+
+def test_resume_on_a_machine_without_the_memory_is_refused_before_anything_is_written(new_audit, monkeypatch):
+    import engine.sizing as sizing
+
+    audit = _stopped(new_audit)
+    before = _files(audit)
+    monkeypatch.setattr(sizing, "available_bytes", lambda: 64 * sizing.MiB)  # a smaller machine than the start
+    res = cli.invoke(app, ["resume", str(audit.path)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "available on this machine" in res.output and "resume on a machine with more memory" in res.output
+    assert _files(audit) == before

@@ -248,9 +248,18 @@ def test_penalty_table_sweeps_lambda_for_methods_with_reruns_only(main_audit):
 
 
 def test_penalty_table_says_when_there_are_no_reruns(tmp_path):
+    cfg = main_cfg()
+    cfg.penalties = []
+    runs = {k: v for k, v in main_runs().items() if "lam" not in k}
+    t = penalty_table(write_audit(tmp_path, cfg, runs))
+    assert t.rows == [] and t.notes == ["no penalty reruns in this audit."]
+
+
+def test_penalty_table_lists_planned_reruns_that_have_not_trained(tmp_path):
     runs = {k: v for k, v in main_runs().items() if "lam" not in k}
     t = penalty_table(write_audit(tmp_path, main_cfg(), runs))
-    assert t.rows == [] and t.notes == ["no penalty reruns in this audit."]
+    assert [(r[0], r[1], r[2]) for r in t.rows] == [("fa", "0", "2"), ("fa", "0.01", "0")]
+    assert row(t, "fa", "0.01")["verdict"] == "not started" and row(t, "fa", "0.01")["acc %"] == "—"
 
 
 # ---- strategies and sensitivity ------------------------------------------------------

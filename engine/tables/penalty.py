@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from ..config import AuditConfig
-from ..fmt import num
+from ..fmt import DASH, num
 from .cells import DAGGER, STALE, Stat, Table, lam_cell, mark, pct
-from .runs import Footnotes, Source, config_of, final_stat, group_verdict, groups, views
+from .runs import Footnotes, Source, config_of, final_stat, group_status, group_verdict, groups, views
 
 HEADERS = ["method", "λ", "n", "acc %", "‖h_L‖", "‖g_L‖", "deep cos", "deep ρ", "verdict"]
 
@@ -17,7 +17,11 @@ def penalty_table(runs: Source, cfg: AuditConfig | None = None) -> Table:
     rows, data, foot = [], [], Footnotes("deep ρ")
     for method, lam, group in all_groups:
         live = [r for r in group if r.final]
-        if method not in swept or not live:
+        if method not in swept:
+            continue
+        if not live:  # planned, queued or not started: listed, so the sweep never looks complete
+            rows.append([method, lam_cell(lam), "0", *[DASH] * 5, group_status(group)])
+            data.append({"method": method, "penalty": lam, "n": 0, "status": group_status(group)})
             continue
         n = len(live)
         degen, rho = foot.group(live, "deep_rho")

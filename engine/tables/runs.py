@@ -77,11 +77,15 @@ Source = Union["Audit", Sequence[RunLike]]
 
 
 def audit_views(audit: Audit, th: Thresholds | None = None) -> list[RunView]:
-    """The audit's started runs (a planned run without a header is left out), under ``th``
-    (default: the audit's thresholds)."""
+    """Every planned run under ``th`` (default: the audit's thresholds); one not started yet
+    is listed under the header its name and the config give it, as queued or not started."""
     live = audit.is_live()
     th = th or audit.cfg.thresholds
-    return [RunView.of(log, log.status(live), th) for log in audit.logs() if log.header is not None]
+    logs = audit.logs()
+    for log in logs:
+        if log.header is None:
+            log.header = audit.planned_header(log.run_id, log)
+    return [RunView.of(log, log.status(live), th) for log in logs]
 
 
 def config_of(source: Any) -> AuditConfig:
@@ -120,6 +124,8 @@ def groups(runs: list[RunView], cfg: AuditConfig) -> list[tuple[str, float, list
 def group_status(runs: list[RunView]) -> str:
     if all(r.status == "finished" for r in runs):
         return "finished"
+    if len({r.label for r in runs}) == 1 and runs[0].status in ("queued", "not started"):
+        return runs[0].label  # every seed waits alike: one word, not one per seed
     done = sum(r.status == "finished" for r in runs)
     parts = [f"{done} finished"] if done else []
     parts += [f"s{r.log.seed} {r.label}" if len(runs) > 1 else r.label for r in runs if r.status != "finished"]
