@@ -256,8 +256,16 @@ class RunLog:
         return self.epochs[-1] if self.epochs else None
 
     @property
+    def reached(self) -> int | None:
+        """The epoch the run's end line says it reached (None without an end line)."""
+        return self.end.epoch if self.end is not None else None
+
+    @property
     def unfinished(self) -> bool:
-        """Not ended, or ended in a way ``resume`` continues (stopped, failed)."""
+        """Not ended, or ended in a way ``resume`` continues (stopped, failed), or ended past its
+        last readable epoch (a damaged line: resume must look at it, not pass it over)."""
+        if self.end is not None and self.final is not None and self.end.epoch > self.final.epoch:
+            return True
         return self.end is None or self.end.status in ("stopped", "failed")
 
     def status(self, live: bool) -> str:

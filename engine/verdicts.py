@@ -102,6 +102,7 @@ class Verdict:
     first_fire: dict[str, int]
     final_epoch: int | None
     unmeasured: tuple[str, ...] = ()  # walk-back diagnostics that could not be measured at the last epoch
+    reached: int | None = None  # the epoch the run's end line says it reached, when past the last record read
 
     @property
     def label(self) -> str:
@@ -109,6 +110,8 @@ class Verdict:
             return "NO DATA"
         if self.walked_back:
             return "WALKED BACK via " + "+".join(f"({k})" for k in self.fired)
+        if self.reached is not None:  # the last epochs' records are unreadable: nothing says they were fine
+            return f"UNVERIFIED: records end at epoch {self.final_epoch} of {self.reached}"
         if self.unmeasured:  # nothing fired, but not everything was measured: never TRUSTWORTHY
             return "UNVERIFIED: no baseline for (d)"
         return "TRUSTWORTHY"
@@ -121,18 +124,22 @@ class Verdict:
     def to_json(self) -> dict[str, Any]:
         return {"label": self.label, "walked_back": self.walked_back, "fired": list(self.fired),
                 "submode": self.submode, "first_fire": self.first_fire, "final_epoch": self.final_epoch,
-                "unmeasured": list(self.unmeasured)}
+                "unmeasured": list(self.unmeasured), "reached": self.reached}
 
 
-def verdict(records: list[Epoch], th: Thresholds | None = None, baseline_needed: bool = True) -> Verdict:
-    """Final verdict from the last epoch; re-evaluated when thresholds are given."""
+def verdict(records: list[Epoch], th: Thresholds | None = None, baseline_needed: bool = True,
+            reached: int | None = None) -> Verdict:
+    """Final verdict from the last epoch; re-evaluated when thresholds are given. ``reached``:
+    the epoch the run's end line says it got to (``RunLog.reached``); past the last record,
+    the verdict cannot be TRUSTWORTHY."""
     if th is not None:
         records = [evaluate(r, th, baseline_needed) for r in records]
     if not records:
         return Verdict(False, (), "noise", {}, None)
     last = records[-1]
     walk = tuple(k for k in WALK_BACK if k in last.fired)
-    return Verdict(bool(walk), walk, last.stability_mode, first_fire(records), last.epoch, tuple(last.unmeasured))
+    return Verdict(bool(walk), walk, last.stability_mode, first_fire(records), last.epoch, tuple(last.unmeasured),
+                   reached if reached is not None and reached > last.epoch else None)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ class RunView:
     queued: bool = False  # submitted to the runner, not started yet
     progress: tuple[int, int, int] | None = None  # epoch, batch, batches of the epoch in training
     alerts: list[Alert] = field(default_factory=list)
-    _verdict: tuple[int, Verdict] | None = None
+    _verdict: tuple[tuple[int, int | None], Verdict] | None = None
 
     @property
     def run_id(self) -> str:
@@ -54,9 +54,9 @@ class RunView:
 
     @property
     def verdict(self) -> Verdict:
-        n = len(self.log.epochs)
+        n = (len(self.log.epochs), self.log.reached)
         if self._verdict is None or self._verdict[0] != n:
-            self._verdict = (n, verdict(self.log.epochs))
+            self._verdict = (n, verdict(self.log.epochs, reached=self.log.reached))
         return self._verdict[1]
 
     @property

@@ -233,3 +233,19 @@ def test_planned_runs_that_have_not_started_are_listed_in_the_export(new_audit):
         ("dfa-s1", "not started", "NO DATA"), ("dfa-s2", "not started", "NO DATA")]
     res = cli.invoke(app, ["export", str(audit.path)])
     assert res.exit_code == 0 and res.stdout.count("not started") >= 2
+
+
+def test_a_finished_run_whose_last_epoch_line_is_unreadable_is_unverified_not_read_from_the_epoch_before(
+        fixture_audit):
+    lines = lines_of(fixture_audit, "bp-s42")  # header, start, epochs 1-5, end (finished at 5)
+    write_lines(fixture_audit, "bp-s42", lines[:6] + [json.dumps({**json.loads(lines[6]), "h_norm": []})] + lines[7:])
+    bp = next(r for r in export_json(fixture_audit)["runs"] if r["run_id"] == "bp-s42")
+    assert bp["epochs_done"] == 4 and bp["verdict"] == "UNVERIFIED: records end at epoch 4 of 5"
+    assert "line 7 skipped" in bp["problems"][0]
+    # resume does not pass it over: the checkpoint of epoch 5 is ahead of the records, so it says so
+    before = (fixture_audit.path / "bp-s42" / RECORDS).read_bytes()
+    import torch
+    torch.save({"epoch": 5, "run_id": "bp-s42"}, fixture_audit.path / "bp-s42" / "checkpoint.pt")
+    res = cli.invoke(app, ["resume", str(fixture_audit.path)])
+    assert res.exit_code == 2 and "Traceback" not in res.output and "bp-s42" in res.output
+    assert (fixture_audit.path / "bp-s42" / RECORDS).read_bytes() == before

@@ -31,7 +31,7 @@ class RunView:
     @classmethod
     def of(cls, log: RunLog, status: str, th: Thresholds) -> RunView:
         records = [evaluate(r, th, needs_baseline(log.method)) for r in log.epochs]
-        return cls(log, status, records, verdict(records))
+        return cls(log, status, records, verdict(records, reached=log.reached))
 
     @property
     def final(self) -> Epoch | None:
