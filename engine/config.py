@@ -77,20 +77,74 @@ class Thresholds(_Strict):
     depth_margin: float = Field(0.0, ge=-1, le=1, description="(d) fires when acc < baseline + margin")
 
 
+MODEL_NAMES = ("resmlp", "vit_mini", "cnn", "mlp")
+Model = Literal["resmlp", "vit_mini", "cnn", "mlp"]
+# a model's terminal LayerNorm when ``terminal_ln`` is not given: the research's networks
+# have one (ResMLP, ViT-Mini on the cls token); the cross-architecture controls do not
+TERMINAL_LN_DEFAULT = {"resmlp": True, "vit_mini": True, "cnn": False, "mlp": False}
+
+
+class ModelSpec(_Strict):
+    """One network of an audit, fully resolved: what ``engine.models.build_model`` builds."""
+
+    name: str = Field("resmlp", min_length=1, max_length=40)  # the variant's name (run ids carry it)
+    model: Model = "resmlp"
+    d: int = Field(256, ge=1, le=65_536)
+    L: int = Field(4, ge=1, le=256)
+    r: float = Field(1.0, gt=0, le=64)
+    terminal_ln: bool = True
+    patch: int | None = Field(None, ge=1, le=64)
+    heads: int = Field(4, ge=1, le=64)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class ModelVariant(_Strict):
+    """An entry of ``models``: a named network, each key unset taking the audit's top-level value."""
+
+    name: str = Field(min_length=1, max_length=40)
+    model: Model | None = None
+    d: int | None = Field(None, ge=1, le=65_536)
+    L: int | None = Field(None, ge=1, le=256)
+    r: float | None = Field(None, gt=0, le=64)
+    terminal_ln: bool | None = None
+    patch: int | None = Field(None, ge=1, le=64)
+    heads: int | None = Field(None, ge=1, le=64)
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        # it becomes part of run ids and directory names: letters, digits and '_' only
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_]*", v):
+            raise ValueError("use letters, digits and '_', starting with a letter or digit")
+        return v
+
+
 class AuditConfig(_Strict):
     """Everything an audit needs. Flat for the keys users change most (``--set epochs=2``)."""
 
     name: str = Field(DEFAULT_PRESET, min_length=1, max_length=80)
     description: str = ""
-    dataset: Literal["synthetic", "cifar10", "cifar100"] = "synthetic"
+    dataset: Literal["synthetic", "digits", "npz", "cifar10", "cifar100"] = "synthetic"
     data_dir: str | None = None
+    data_path: str | None = Field(None, description="dataset npz: the .npz file with x_train, y_train, x_test, "
+                                  "y_test (and optionally image_shape)")
+    data_sha256: str | None = Field(None, description="filled in when the audit is created from an npz file; "
+                                    "resume refuses a file that no longer has it")
     download: bool = True
     random_targets: bool = False
     synthetic: SyntheticConfig = SyntheticConfig()
+    model: Model = "resmlp"
     d: int = Field(256, ge=1, le=65_536)
     L: int = Field(4, ge=1, le=256)
     r: float = Field(1.0, gt=0, le=64)
-    terminal_ln: bool = True
+    terminal_ln: bool | None = Field(None, description="unset: on for resmlp and vit_mini, off for cnn and mlp")
+    patch: int | None = Field(None, ge=1, le=64, description="vit_mini's patch side (unset: 4 on 32×32 images, "
+                              "smaller for smaller images)")
+    heads: int = Field(4, ge=1, le=64, description="vit_mini's attention heads (must divide d)")
+    models: list[ModelVariant] = Field(default_factory=list, description="several networks in one audit, each "
+                                       "trained with every method and seed (the cross-architecture control)")
     epochs: int = Field(100, ge=1, le=100_000)
     batch_size: int = Field(128, ge=1, le=1_000_000)
     lr: float = Field(1e-3, gt=0, le=10)
@@ -147,14 +201,60 @@ class AuditConfig(_Strict):
             raise ValueError("penalty λ values must be finite and > 0")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_terminal_ln(cls, data: Any) -> Any:
+        # stored resolved, so config.yaml and every header say which the run had
+        if isinstance(data, dict) and data.get("terminal_ln") is None:
+            model = data.get("model", "resmlp")
+            data = {**data, "terminal_ln": TERMINAL_LN_DEFAULT.get(model, True) if isinstance(model, str) else True}
+        return data
+
+    def variants(self) -> list[ModelSpec]:
+        """The audit's networks, resolved: ``models``' entries over the top-level keys, or the
+        top-level model alone (named after it)."""
+        top = {"model": self.model, "d": self.d, "L": self.L, "r": self.r, "terminal_ln": self.terminal_ln,
+               "patch": self.patch, "heads": self.heads}
+        if not self.models:
+            return [ModelSpec(name=self.model, **top)]
+        out = []
+        for v in self.models:
+            given = {k: val for k, val in v.model_dump().items() if val is not None and k != "name"}
+            model = given.get("model", self.model)
+            ln = given.get("terminal_ln", TERMINAL_LN_DEFAULT[model] if "model" in given else self.terminal_ln)
+            out.append(ModelSpec(name=v.name, **{**top, **given, "terminal_ln": ln}))
+        return out
+
+    def variant(self, name: str | None) -> ModelSpec:
+        """The network called ``name`` (None: the audit's only one)."""
+        specs = self.variants()
+        if name is None:
+            return specs[0]
+        for spec in specs:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"the audit has no model {name!r} (it has {', '.join(s.name for s in specs)})")
+
+    @property
+    def multi_model(self) -> bool:
+        """Several networks: run ids and table rows carry the model's name."""
+        return len(self.models) > 0
+
     @model_validator(mode="after")
     def _consistent(self) -> AuditConfig:
+        names = [v.name for v in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("models: two entries have the same name")
+        if self.dataset == "npz" and not self.data_path:
+            raise ValueError("dataset npz needs data_path, the .npz file with x_train, y_train, x_test and y_test")
         if self.diagnostics.rho_samples > self.diagnostics.n_samples:
             raise ValueError("diagnostics.rho_samples must be ≤ diagnostics.n_samples")
         if self.diagnostics.n_samples % self.diagnostics.stability_batches:
             raise ValueError("diagnostics.n_samples must be a multiple of diagnostics.stability_batches")
         # the diagnostic set is the first n_samples test samples: a smaller test set fails every run
         n = self.diagnostics.n_samples
+        if self.dataset in ("digits", "npz"):
+            return self  # a small test split is the whole diagnostic set (engine.data.diagnostic_n)
         if self.dataset == "synthetic" and self.synthetic.n_test < n:
             raise ValueError(f"synthetic.n_test ({self.synthetic.n_test:,}) must be ≥ diagnostics.n_samples "
                              f"({n:,}): the diagnostic set is the first n_samples test samples")
