@@ -8,13 +8,15 @@ import torch
 
 from .audit import Audit
 from .checkpoint import check_audit_config, resume_state
-from .data import TaskData, load_task
+from .data import TaskData, check_diagnostic_size, load_task, loaded_from_config, task_fingerprint
 from .device import apply_threads, training_device
+from .errors import DataError
 from .events import Listener, ignore
 from .plan import RunSpec
-from .runstore import AuditLock
+from .runstore import AuditLock, list_runs, write_config
 from .sizing import check_fits
 from .trainer import train_run
+from .userdata import short
 from .worker import ChildTrainer, start_resource_tracker
 
 
@@ -28,6 +30,14 @@ class AuditRunner:
 
     ``submit`` may add runs while it works (penalty reruns); ``stop`` asks every run to
     end at its next batch, keeping its last checkpoint.
+
+    ``task``: data handed in from Python. Unless it is ``load_task(audit.cfg)``'s, unchanged,
+    its fingerprint (``data.task_fingerprint``) pins the audit to it: written into config.yaml
+    as ``data_sha256`` here, before anything trains, when the audit has none yet; compared
+    with it when it has one (a different TaskData is refused). Such an audit cannot load its
+    data from its config: ``faeval-tui resume`` refuses it, and it resumes from Python with
+    the same TaskData. An npz audit's ``data_sha256`` is its file's digest (``load_task``
+    checks it); one created without it gets it on its first training.
     """
 
     def __init__(self, audit: Audit, listener: Listener = ignore, workers: int | None = None,
@@ -38,6 +48,8 @@ class AuditRunner:
         self.stop_event = threading.Event()
         self._child_stop: Any = None  # the multiprocessing twin of stop_event, once children exist
         self.device = training_device(audit.cfg)
+        if task is not None:
+            self._adopt(task)
         self._task = None if task is None else self._placed(task)
         self.nice = nice
         self._cond = threading.Condition()
@@ -53,6 +65,51 @@ class AuditRunner:
             if self._task is None:
                 self._task = self._placed(load_task(self.audit.cfg))
             return self._task
+
+    def _trained(self) -> bool:
+        """Some run of the audit has records (so it trained, or started to, under config.yaml)."""
+        return bool(list_runs(self.audit.path)) if self.audit.path.is_dir() else False
+
+    def _pin(self, digest: str, locked: bool) -> None:
+        """config.yaml gets ``data_sha256: digest``, atomically, under the audit's lock."""
+        cfg = self.audit.cfg
+        if locked:
+            cfg.data_sha256 = digest
+            write_config(self.audit.path, cfg.dump())
+            return
+        with AuditLock(self.audit.path):  # another process training it is refused, as ``run`` would be
+            cfg.data_sha256 = digest
+            write_config(self.audit.path, cfg.dump())
+
+    def _adopt(self, task: TaskData) -> None:
+        """Check a handed-in task against the audit and pin the audit to it (see the class)."""
+        cfg = self.audit.cfg
+        if loaded_from_config(cfg, task):  # load_task checked it against data_sha256 already
+            if cfg.dataset == "npz" and cfg.data_sha256 is None and task.file_sha256 and not self._trained():
+                self._pin(task.file_sha256, locked=False)
+            return
+        check_diagnostic_size(cfg, task.x_test.shape[0])
+        fingerprint = task_fingerprint(task)
+        if cfg.data_sha256 is not None:
+            if fingerprint != cfg.data_sha256:
+                raise DataError(f"the TaskData handed in is not the data {self.audit.path} trained on: its "
+                                f"fingerprint is {short(fingerprint)}, the audit's data_sha256 "
+                                f"{short(cfg.data_sha256)}",
+                                "hand in the TaskData the audit was created with (AuditRunner(audit, task=…)), "
+                                "or start a new audit for this data")
+            return
+        if self._trained():
+            # its runs trained on the data its config names: go on only if this is the same data
+            try:
+                same = task_fingerprint(load_task(cfg)) == fingerprint
+            except DataError:
+                same = False
+            if not same:
+                raise DataError(f"{self.audit.path} trained on the {cfg.dataset} data its config names; the "
+                                f"TaskData handed in (fingerprint {short(fingerprint)}) is other data",
+                                "resume it without task= (faeval-tui resume DIR), or start a new audit for this data")
+            return
+        self._pin(fingerprint, locked=False)
 
     def _placed(self, task: TaskData) -> TaskData:
         # children take the images from shared memory and move them to the device themselves
@@ -149,6 +206,9 @@ class AuditRunner:
             with AuditLock(self.audit.path):
                 apply_threads(self.audit.cfg.threads)  # the thread policy: engine/device.py
                 self.preflight()
+                task, cfg = self.task, self.audit.cfg
+                if cfg.dataset == "npz" and cfg.data_sha256 is None and task.file_sha256 and not self._trained():
+                    self._pin(task.file_sha256, locked=True)  # an npz audit created without it (from Python)
                 if self.workers == 1:
                     # train in the calling thread: a second OpenMP team (this thread's, from loading
                     # the data, beside a worker's) oversubscribes the cores and slowed small models 4x

@@ -108,7 +108,7 @@ def run(preset: PresetOpt = None, set_: SetOpt = None, runs_dir: RunsDirOpt = Pa
     _debug = _debug or debug
     from engine.audit import Audit
     from engine.config import load_config
-    from engine.data import load_task
+    from engine.data import load_task, pin_data_source
     from engine.device import training_device
 
     from .headless import run_headless
@@ -118,6 +118,7 @@ def run(preset: PresetOpt = None, set_: SetOpt = None, runs_dir: RunsDirOpt = Pa
         # device and data are checked before the audit directory exists: a refusal leaves nothing behind
         training_device(cfg)
         task = load_task(cfg)  # on the CPU: the runner places it (each worker process moves its own)
+        pin_data_source(cfg, task)  # an npz file's absolute path and SHA-256 go into config.yaml
         audit = Audit.create(cfg, runs_dir)
         statuses = run_headless(audit, task)
     except FaevalError as err:

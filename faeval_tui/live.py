@@ -1,7 +1,8 @@
 """How the console trains an audit or follows one: the feeds' side of ``FaevalApp``.
 
 A new audit loads its data on a thread before its directory exists (a refusal leaves
-nothing behind, as ``faeval-tui run``); a resumed audit's runner loads its own. Engine
+nothing behind, as ``faeval-tui run``), and an npz file's SHA-256 goes into its config.yaml;
+a resumed audit's runner loads its own, refusing an npz file that changed since. Engine
 events arrive as messages from the training thread; ``watch`` polls the files.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from textual.message import Message
 from textual.worker import Worker, WorkerState
 
 from engine.audit import Audit
-from engine.data import TaskData, load_task
+from engine.data import TaskData, load_task, pin_data_source
 from engine.device import training_device
 from engine.errors import FaevalError
 from engine.events import Event
@@ -74,6 +75,7 @@ class LiveMixin:
         if self._quitting:
             return  # quit while the data loaded
         try:
+            pin_data_source(self.cfg, message.task)  # an npz file's absolute path and SHA-256 go into config.yaml
             audit = Audit.create(self.cfg, self.runs_dir)
         except FaevalError as err:
             self._not_training()
