@@ -43,8 +43,8 @@ class HiddenStateAdapter(nn.Module):
     measurement runs a float64 deep copy of the adapter, and a closure would still
     call the float32 original. With ``residual=True`` a block returns f_l and the
     adapter adds the skip (h_l = h_{l−1} + f_l); otherwise it returns h_l itself.
-    Give ``d`` (the width of h_l) to use the fa/dfa credits, which size their
-    feedback matrices from it.
+    The fa/dfa credits size their feedback matrices from the states' shapes, which
+    ``audit_model`` reads off one forward pass (``d`` is still accepted: every h_l of width d).
     """
 
     def __init__(self, module: nn.Module, embed: Step, blocks: Sequence[Step], head: Step,
@@ -134,8 +134,6 @@ def _method(credit: Method | CreditFn | str, model: Auditable, n_classes: int,
     if isinstance(credit, Method):
         return credit
     if isinstance(credit, str):
-        if not hasattr(model, "d") and credit not in ("bp", "frozen"):
-            raise ValueError(f"credit {credit!r} sizes its feedback from model.d: give HiddenStateAdapter(d=...)")
         return get_method(credit)(model, n_classes, generator)
     if callable(credit):
         return CreditFunction(credit)
@@ -163,8 +161,11 @@ def audit_model(model: Auditable, x: Tensor, y: Tensor, credit: Method | CreditF
     with torch.no_grad():
         was_training = model.training  # type: ignore[attr-defined]
         model.eval()  # type: ignore[attr-defined]
-        n_classes = model.forward_from(model.depth, model.hidden_states(x[:1])[0][-1]).shape[-1]
+        hs = model.hidden_states(x[:1])[0]
+        n_classes = model.forward_from(model.depth, hs[-1]).shape[-1]
         model.train(was_training)  # type: ignore[attr-defined]
+    if getattr(model, "state_shapes", None) is None and not hasattr(model, "d"):
+        model.state_shapes = [tuple(h.shape[1:]) for h in hs]  # what fa/dfa size their feedback from
     meth = _method(credit, model, n_classes, gen)
     settings = settings or DiagnosticSettings(rho_samples=min(1024, x.shape[0]),
                                               stability_batches=min(8, x.shape[0]))

@@ -23,24 +23,50 @@ from .model import Auditable
 from .records import Epoch
 from .verdicts import evaluate, needs_baseline
 
+PROBE_FLOATS = 8 << 20  # hidden-state floats per probe chunk (8M: every ResMLP preset fits in one)
+
+
+def probe_chunk(model: Auditable, n: int) -> int:
+    """Samples per probe chunk: all n while their hidden states hold ≤ PROBE_FLOATS floats
+    (every ResMLP preset), else fewer, so a ViT's graph over 1024 samples is not held at
+    once. Exact either way: in eval mode each sample's measurements depend on it alone."""
+    shapes = getattr(model, "state_shapes", None)
+    if not shapes:
+        return n
+    per_sample = sum(math.prod(shape) for shape in shapes)
+    return n if n * per_sample <= PROBE_FLOATS else max(1, PROBE_FLOATS // per_sample)
+
 
 def make_probe(model: Auditable, x: Tensor, y: Tensor) -> Probe:
     """Forward the diagnostic set once and take the per-sample BP gradients ∂ℓ_n/∂h_l."""
     was_training = model.training  # type: ignore[attr-defined]
     model.eval()  # type: ignore[attr-defined]
+    parts = []
     try:
-        with torch.enable_grad():
-            hs, _ = model.hidden_states(x)
-            logits = model.forward_from(model.depth, hs[-1])
-            # sum, not mean: the gradient row of sample n is then ∂ℓ_n/∂h_l itself
-            if hs[0].requires_grad:
-                grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), hs)
-            else:  # no parameter upstream needs a gradient: differentiate from each h_l as a leaf
-                grads = tuple(_grad_from(model, layer, h, y) for layer, h in enumerate(hs))
+        step = probe_chunk(model, x.shape[0])
+        for i in range(0, x.shape[0], step):
+            parts.append(_probe_part(model, x[i:i + step], y[i:i + step]))
     finally:
         model.train(was_training)  # type: ignore[attr-defined]
-    return Probe(model=model, x=x, y=y, hs=[h.detach() for h in hs], logits=logits.detach(),
-                 grads=[g.detach() for g in grads])
+    if len(parts) == 1:
+        hs, logits, grads = parts[0]
+    else:
+        hs = [torch.cat(layer) for layer in zip(*(p[0] for p in parts))]
+        logits = torch.cat([p[1] for p in parts])
+        grads = [torch.cat(layer) for layer in zip(*(p[2] for p in parts))]
+    return Probe(model=model, x=x, y=y, hs=hs, logits=logits, grads=grads)
+
+
+def _probe_part(model: Auditable, x: Tensor, y: Tensor) -> tuple[list[Tensor], Tensor, list[Tensor]]:
+    with torch.enable_grad():
+        hs, _ = model.hidden_states(x)
+        logits = model.forward_from(model.depth, hs[-1])
+        # sum, not mean: the gradient row of sample n is then ∂ℓ_n/∂h_l itself
+        if hs[0].requires_grad:
+            grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), hs)
+        else:  # no parameter upstream needs a gradient: differentiate from each h_l as a leaf
+            grads = tuple(_grad_from(model, layer, h, y) for layer, h in enumerate(hs))
+    return [h.detach() for h in hs], logits.detach(), [g.detach() for g in grads]
 
 
 def _grad_from(model: Auditable, layer: int, h: Tensor, y: Tensor) -> Tensor:
@@ -94,13 +120,18 @@ def perturbation_rho(model: Auditable, probe: Probe, credits: list[Tensor], n_sa
     model64 = copy.deepcopy(model).double()  # type: ignore[attr-defined]
     model64.eval()
     y = probe.y[:n_samples]
-    per_chunk = max(1, chunk_rows // directions)
     rhos = []
     with torch.no_grad():
         for layer, (h, a) in enumerate(zip(probe.hs, credits)):
+            shape = h.shape[1:]  # (d,), tokens (T, d) or maps (C, H, W): δ perturbs the whole state
             h64 = h[:n_samples].double()
-            a64 = a[:n_samples].double()
+            a64 = a[:n_samples].double().flatten(1)
             base = F.cross_entropy(model64.forward_from(layer, h64), y, reduction="none")
+            size = a64.shape[1]
+            # chunks of about chunk_rows states of up to 512 floats: bigger states, fewer rows
+            rows = chunk_rows if size <= 512 else max(directions, chunk_rows * 512 // size)
+            per_chunk = max(1, rows // directions)
+            h64 = h64.flatten(1)
             predicted, true = [], []
             for i in range(0, n_samples, per_chunk):
                 hc, ac, yc = h64[i:i + per_chunk], a64[i:i + per_chunk], y[i:i + per_chunk]
@@ -109,7 +140,7 @@ def perturbation_rho(model: Auditable, probe: Probe, credits: list[Tensor], n_sa
                 u /= u.norm(dim=2, keepdim=True)
                 delta = eps * hc.norm(dim=1)[:, None, None] * u
                 predicted.append(torch.bmm(delta, ac[:, :, None]).flatten())
-                hp = (hc[:, None, :] + delta).flatten(0, 1)
+                hp = (hc[:, None, :] + delta).flatten(0, 1).view(-1, *shape)
                 loss = F.cross_entropy(model64.forward_from(layer, hp), yc.repeat_interleave(directions),
                                        reduction="none")
                 true.append(loss - base[i:i + per_chunk].repeat_interleave(directions))

@@ -19,28 +19,32 @@ class RunSpec:
     seed: int
     penalty: float = 0.0
     parent: str | None = None
+    model: str | None = None  # the network's name in an audit of several (``models``); None: the only one
 
     @classmethod
     def of(cls, header: Header) -> RunSpec:
-        return cls(header.run_id, header.method, header.seed, header.penalty, header.parent)
+        return cls(header.run_id, header.method, header.seed, header.penalty, header.parent, header.model)
 
 
-def run_id(method: str, seed: int, penalty: float = 0.0) -> str:
-    return f"{method}-s{seed}" if not penalty else f"{method}-lam{penalty:g}-s{seed}"
+def run_id(method: str, seed: int, penalty: float = 0.0, model: str | None = None) -> str:
+    """``dfa-s42``, ``dfa-lam0.001-s42``; in an audit of several networks ``cnn.dfa-s42``."""
+    base = f"{method}-s{seed}" if not penalty else f"{method}-lam{penalty:g}-s{seed}"
+    return f"{model}.{base}" if model else base
 
 
 def parse_run_id(rid: str) -> RunSpec | None:
-    """The spec a run id names (``dfa-s42``, ``dfa-lam0.001-s42``), or None for another name;
-    the parent of a penalty rerun is its unpenalised run."""
-    m = re.fullmatch(r"(?P<method>.+?)(?:-lam(?P<lam>[0-9.eE+-]+))?-s(?P<seed>\d+)", rid)
+    """The spec a run id names (``dfa-s42``, ``dfa-lam0.001-s42``, ``cnn.dfa-s42``), or None for
+    another name; the parent of a penalty rerun is its unpenalised run."""
+    m = re.fullmatch(r"(?:(?P<model>[A-Za-z0-9][A-Za-z0-9_]*)\.)?(?P<method>.+?)(?:-lam(?P<lam>[0-9.eE+-]+))?"
+                     r"-s(?P<seed>\d+)", rid)
     if m is None:
         return None
     try:
         lam = float(m["lam"]) if m["lam"] else 0.0
     except ValueError:
         return None
-    method, seed = m["method"], int(m["seed"])
-    return RunSpec(rid, method, seed, lam, run_id(method, seed) if lam else None)
+    method, seed, model = m["method"], int(m["seed"]), m["model"]
+    return RunSpec(rid, method, seed, lam, run_id(method, seed, model=model) if lam else None, model)
 
 
 def identity_mismatch(header: Header, spec: RunSpec) -> str | None:
@@ -50,7 +54,7 @@ def identity_mismatch(header: Header, spec: RunSpec) -> str | None:
     # a name holds λ as run_id writes it (6 significant digits): compare it the same way
     same = {"penalty": lambda a, b: f"{a:g}" == f"{b:g}"}
     diffs = [f"{key} {getattr(said, key)!r} (its name says {getattr(spec, key)!r})"
-             for key in ("run_id", "method", "seed", "penalty")
+             for key in ("run_id", "method", "seed", "penalty", "model")
              if not same.get(key, lambda a, b: a == b)(getattr(said, key), getattr(spec, key))]
     return "; ".join(diffs) or None
 
@@ -58,23 +62,29 @@ def identity_mismatch(header: Header, spec: RunSpec) -> str | None:
 def make_header(cfg: AuditConfig, spec: RunSpec) -> Header:
     """The first line of a run's records: who it is and the whole config it trains under."""
     return Header(run_id=spec.run_id, method=spec.method, seed=spec.seed, penalty=spec.penalty,
-                  parent=spec.parent, epochs=cfg.epochs,
+                  parent=spec.parent, model=spec.model, epochs=cfg.epochs,
                   dataset=cfg.dataset + ("+random-targets" if cfg.random_targets else ""), config=cfg.dump())
 
 
 def plan_runs(cfg: AuditConfig) -> list[RunSpec]:
-    """frozen first (it is every other run's baseline), then methods × seeds, then penalty reruns."""
+    """frozen first (it is every other run's baseline), then methods × seeds, then penalty reruns;
+    in an audit of several networks, all of that for each network in turn."""
     methods = sorted(cfg.methods, key=lambda m: m != "frozen")
-    specs = [RunSpec(run_id(m, s), m, s) for m in methods for s in cfg.seeds]
-    for m in cfg.penalty_methods:
-        for lam in cfg.penalties:
-            for s in cfg.seeds:
-                specs.append(RunSpec(run_id(m, s, lam), m, s, lam, run_id(m, s) if m in cfg.methods else None))
+    models = [v.name for v in cfg.variants()] if cfg.multi_model else [None]
+    specs = []
+    for net in models:
+        specs += [RunSpec(run_id(m, s, model=net), m, s, model=net) for m in methods for s in cfg.seeds]
+        for m in cfg.penalty_methods:
+            for lam in cfg.penalties:
+                for s in cfg.seeds:
+                    parent = run_id(m, s, model=net) if m in cfg.methods else None
+                    specs.append(RunSpec(run_id(m, s, lam, net), m, s, lam, parent, net))
     return specs
 
 
 def baseline_run(cfg: AuditConfig, spec: RunSpec) -> str | None:
-    """The frozen run whose accuracy (d) compares ``spec`` against, if the audit has one."""
+    """The frozen run whose accuracy (d) compares ``spec`` against, if the audit has one: the
+    same network's, of the same seed."""
     if spec.method == "frozen" or "frozen" not in cfg.methods:
         return None
-    return run_id("frozen", spec.seed)
+    return run_id("frozen", spec.seed, model=spec.model)

@@ -80,6 +80,7 @@ class Header(Line):
     seed: int
     penalty: float = 0.0
     parent: Optional[str] = None
+    model: Optional[str] = None  # the network's name in an audit of several (config ``models``)
     epochs: int
     dataset: str
     created: str = Field(default_factory=now_iso)

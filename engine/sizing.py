@@ -25,12 +25,13 @@ CPU (on a CUDA machine that over-counts the host's share).
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
 
 if TYPE_CHECKING:  # only for annotations: config.load_config calls check_fits, so no import cycle
-    from .config import AuditConfig
+    from .config import AuditConfig, ModelSpec
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -39,7 +40,25 @@ CIFAR_IN_DIM = 3 * 32 * 32
 CIFAR_N = (50_000, 10_000)  # train, test
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 RHO_CHUNK_ROWS = 1024  # diagnostics.perturbation_rho's chunk_rows
+PROBE_FLOATS = 8 << 20  # diagnostics.PROBE_FLOATS: hidden-state floats per probe chunk
 F32, F64, I64 = 4, 8, 8
+
+
+DIGITS = (64, 10, 1437, 360)  # engine.data's split of scikit-learn's 1,797 digits
+
+
+def _npz_shape(path: str | None) -> tuple[int, int, int, int]:
+    """(in_dim, classes, n_train, n_test) from an npz file's array headers, without reading the
+    arrays; a file that cannot be read counts as empty (its loader refuses it with the reason)."""
+    import numpy as np
+
+    try:
+        with np.load(path, mmap_mode="r", allow_pickle=False) as f:
+            xtr, xte = f["x_train"], f["x_test"]
+            classes = int(np.asarray(f["n_classes"])) if "n_classes" in f.files else 1000
+            return int(np.prod(xtr.shape[1:])), classes, int(xtr.shape[0]), int(xte.shape[0])
+    except Exception:  # noqa: BLE001 - the loader names what is wrong with the file
+        return 1, 2, 0, 0
 
 
 def task_shape(cfg: AuditConfig) -> tuple[int, int, int, int]:
@@ -47,7 +66,20 @@ def task_shape(cfg: AuditConfig) -> tuple[int, int, int, int]:
     if cfg.dataset == "synthetic":
         s = cfg.synthetic
         return s.in_dim, s.classes, s.n_train, s.n_test
+    if cfg.dataset == "digits":
+        return DIGITS
+    if cfg.dataset == "npz":
+        return _npz_shape(cfg.data_path)
     return CIFAR_IN_DIM, CIFAR_CLASSES[cfg.dataset], *CIFAR_N
+
+
+def image_shape(cfg: AuditConfig) -> tuple[int, int, int] | None:
+    """The images the audit's rows hold, as engine.data lays them out (an npz's, unknown here:
+    estimated as flat rows)."""
+    if cfg.dataset == "synthetic":
+        side = math.isqrt(cfg.synthetic.in_dim)
+        return (1, side, side) if side * side == cfg.synthetic.in_dim else None
+    return {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}.get(cfg.dataset)
 
 
 def hidden_width(d: int, r: float) -> int:
@@ -66,10 +98,10 @@ def run_count(cfg: AuditConfig) -> int:
     return len(cfg.seeds) * (len(cfg.methods) + len(cfg.penalty_methods) * len(cfg.penalties))
 
 
-def _feedback_floats(cfg: AuditConfig, classes: int) -> int:
+def _feedback_floats(cfg: AuditConfig, net: ModelSpec, classes: int) -> int:
     """The largest method's feedback matrices: its B's and their product P, twice (a null
     draw holds a fresh set while the run's own stay)."""
-    d, L = cfg.d, cfg.L
+    d, L = net.d, net.L
     methods = set(cfg.methods) | (set(cfg.penalty_methods) if cfg.penalties else set())
     sizes = [0]
     product = classes * (L + 1) * d
@@ -84,16 +116,46 @@ def breakdown(cfg: AuditConfig) -> dict[str, int]:
     """The estimate's parts in bytes: ``runtime``, ``data``, ``per_run`` (one run at its peak)
     and ``runs_at_once``; ``estimate_bytes`` is runtime + data + runs_at_once × per_run."""
     in_dim, classes, n_train, n_test = task_shape(cfg)
-    d, L, h = cfg.d, cfg.L, hidden_width(cfg.d, cfg.r)
-    P = param_count(in_dim, classes, d, L, cfg.r, cfg.terminal_ln)
-    dg = cfg.diagnostics
     n = n_train + n_test
-
     if cfg.dataset == "synthetic":
         teacher = 3 * n * cfg.synthetic.teacher_width * F32  # h @ w, its scaled copy, tanh
         data = n * in_dim * F32 + 2 * n * I64 + teacher
-    else:
+    elif cfg.dataset in ("cifar10", "cifar100"):
         data = 2 * (n * in_dim + n * I64)  # uint8 images, int64 labels; the archives' batches while concatenated
+    else:
+        data = 2 * (n * in_dim * F32 + n * I64)  # float32 rows (and the file's arrays while they convert)
+    parts = [_per_run(cfg, net, in_dim, classes) for net in cfg.variants()]
+    per_run, P = max(p for p, _ in parts), max(q for _, q in parts)
+    at_once = max(1, min(cfg.workers, run_count(cfg)))
+    processes = 1 + (at_once if cfg.workers > 1 else 0)  # workers > 1: one spawned process per run
+    return {"runtime": processes * RUNTIME_BYTES, "data": data, "per_run": per_run, "runs_at_once": at_once,
+            "parameters": P}
+
+
+def _per_run(cfg: AuditConfig, net: ModelSpec, in_dim: int, classes: int) -> tuple[int, int]:
+    """(bytes of one run of network ``net`` at its peak, its parameter count)."""
+    dg = cfg.diagnostics
+    if net.model != "resmlp":
+        from .models import activation_floats, state_shapes
+        from .models import param_count as model_params
+
+        shape = image_shape(cfg)
+        P = model_params(net, in_dim, classes, shape)
+        act = activation_floats(net, in_dim, shape)  # floats one sample's training graph holds
+        sizes = [math.prod(s) for s in state_shapes(net, in_dim, shape)]
+        states = sum(sizes)
+        train = cfg.batch_size * act * F32
+        # the probe's graph over one chunk (diagnostics.probe_chunk), and h_l, g_l, a_l over the whole set
+        chunk = min(dg.n_samples, max(1, PROBE_FLOATS // states))
+        probe = chunk * act * F32 + 3 * dg.n_samples * states * F32
+        big = max(sizes)  # ρ's chunks: about RHO_CHUNK_ROWS perturbed states of up to 512 floats
+        rows = RHO_CHUNK_ROWS if big <= 512 else max(dg.rho_directions, RHO_CHUNK_ROWS * 512 // big)
+        rho = P * F64 + max(1, rows // dg.rho_directions) * dg.rho_directions * act * F64
+        feedback = 4 * classes * states + net.L * net.d ** 2  # DFA's B's and P, twice; FA's feature maps
+        state = 4 * P * F32 + (2 * P if cfg.precision == "bf16" else 0) + feedback * F32
+        return state + max(train, probe + rho, 3 * P * F32), P
+    d, L, h = net.d, net.L, hidden_width(net.d, net.r)
+    P = param_count(in_dim, classes, d, L, net.r, net.terminal_ln)
 
     # activations per sample kept for backward: each block's LN in/out, fc1, GELU, fc2, residual sum
     per_layer = 6 * d + 3 * h
@@ -106,14 +168,9 @@ def breakdown(cfg: AuditConfig) -> dict[str, int]:
 
     on_gpu = cfg.device == "cuda"
     if on_gpu:  # built on the host, then moved: the init's temporaries at most
-        per_run = 2 * P * F32
-    else:
-        state = 4 * P * F32 + (2 * P if cfg.precision == "bf16" else 0) + _feedback_floats(cfg, classes) * F32
-        per_run = state + max(train, probe + rho, checkpoint)
-    at_once = max(1, min(cfg.workers, run_count(cfg)))
-    processes = 1 + (at_once if cfg.workers > 1 else 0)  # workers > 1: one spawned process per run
-    return {"runtime": processes * RUNTIME_BYTES, "data": data, "per_run": per_run, "runs_at_once": at_once,
-            "parameters": P}
+        return 2 * P * F32, P
+    state = 4 * P * F32 + (2 * P if cfg.precision == "bf16" else 0) + _feedback_floats(cfg, net, classes) * F32
+    return state + max(train, probe + rho, checkpoint), P
 
 
 def estimate_bytes(cfg: AuditConfig) -> int:

@@ -28,7 +28,7 @@ from .diagnostics import epoch_record as measured_record
 from .errors import FaevalError, StoreError
 from .events import BatchProgress, EpochDone, Listener, RunEnded, RunStarted
 from .methods import Method, get_method
-from .model import ResMLP
+from .models import build_model, model_args
 from .plan import RunSpec, make_header
 from .records import SCHEMA_VERSION, End, Epoch, Start, now_iso
 from .runstore import CHECKPOINT, RECORDS, RecordWriter, atomic_write_bytes
@@ -40,11 +40,11 @@ class RunParts:
 
     def __init__(self, cfg: AuditConfig, spec: RunSpec, task: TaskData, device: torch.device) -> None:
         self.cfg = cfg
+        net = cfg.variant(spec.model)
         # what the model is built from, saved beside its weights (as nanoGPT saves its model_args)
-        self.model_args = {"in_dim": int(task.in_dim), "n_classes": int(task.n_classes), "d": cfg.d, "L": cfg.L,
-                           "r": cfg.r, "terminal_ln": cfg.terminal_ln}
-        self.model = ResMLP(**self.model_args,
-                            generator=torch.Generator().manual_seed(derive_seed(spec.seed, "init"))).to(device)
+        self.model_args = model_args(net, int(task.in_dim), int(task.n_classes), task.image_shape)
+        self.model = build_model(net, int(task.in_dim), int(task.n_classes), task.image_shape,
+                                 torch.Generator().manual_seed(derive_seed(spec.seed, "init"))).to(device)
         self.method: Method = get_method(spec.method)(
             self.model, task.n_classes, torch.Generator().manual_seed(derive_seed(spec.seed, "feedback")))
         self.steps_per_epoch = math.ceil(task.x_train.shape[0] / cfg.batch_size)

@@ -142,7 +142,9 @@ class FaevalApp(LiveMixin, App[None]):
             left = remaining_seconds(runs, st.cfg.workers, st.cfg.epochs)
             if left:
                 text += f" · about {duration(left)} left"  # before the name: 80 columns cut the end
-        return f"{text} · {st.path.name}"
+        nets = st.cfg.variants()
+        model = nets[0].model if len(nets) == 1 else f"{len(nets)} models"
+        return f"{text} · {st.path.name} · {model} on {st.cfg.dataset}"
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key is not None:
@@ -225,20 +227,20 @@ class FaevalApp(LiveMixin, App[None]):
             return
         base = self.state.runs.get(view.spec.parent or "", view) if view.spec.penalty else view
         self.push_screen(RerunDialog(base.run_id, base.spec.method, base.spec.seed, list(self.cfg.seeds)),
-                         callback=partial(self.start_reruns, base.spec.method))
+                         callback=partial(self.start_reruns, base.spec.method, base.spec.model))
 
-    def start_reruns(self, method: str, request: RerunRequest | None) -> list[str]:
+    def start_reruns(self, method: str, model: str | None, request: RerunRequest | None) -> list[str]:
         if request is None:
             return []
         started, skipped = [], []
         for lam in request.penalties:
             for seed in request.seeds:
-                rid = run_id(method, seed, lam)
+                rid = run_id(method, seed, lam, model)
                 if rid in self.state.runs:
                     skipped.append(rid)
                     continue
-                parent = run_id(method, seed)
-                spec = RunSpec(rid, method, seed, lam, parent if parent in self.state.runs else None)
+                parent = run_id(method, seed, model=model)
+                spec = RunSpec(rid, method, seed, lam, parent if parent in self.state.runs else None, model)
                 self.state.add_spec(spec, queued=True)
                 self.live_feed.submit(spec)
                 started.append(rid)

@@ -42,7 +42,9 @@ def epoch_cell(view: RunView, epochs: int) -> str:
 def row(state: AuditState, view: RunView) -> list[Text | str]:
     status = view.status(state.live)
     indent = "  " * state.depth(view) + ("↳ " if view.spec.parent else "")
-    return [Text(view.marker, style=f"bold color({view.color})"), indent + view.spec.method, str(view.spec.seed),
+    # in an audit of several networks the method cell names the network too, as the run id does
+    method = f"{view.spec.model}.{view.spec.method}" if view.spec.model else view.spec.method
+    return [Text(view.marker, style=f"bold color({view.color})"), indent + method, str(view.spec.seed),
             f"{view.spec.penalty:g}" if view.spec.penalty else "—", Text(status, style=STATUS_STYLE.get(status, "")),
             epoch_cell(view, state.cfg.epochs), badge(view)]
 

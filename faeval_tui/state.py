@@ -14,7 +14,7 @@ from pathlib import Path
 from engine.audit import fill_baselines
 from engine.config import AuditConfig
 from engine.events import BatchProgress, EpochDone, Event, RunEnded, RunStarted
-from engine.plan import RunSpec
+from engine.plan import RunSpec, parse_run_id
 from engine.records import End, Epoch, Header, Record, Start
 from engine.runstore import RunLog
 from engine.verdicts import Alert, Verdict, evaluate, needs_baseline, new_alerts, verdict
@@ -92,7 +92,8 @@ class AuditState:
 
     def _view(self, run_id: str, header: Header | None = None) -> RunView:
         if run_id not in self.runs:
-            self.add_spec(RunSpec.of(header) if header is not None else RunSpec(run_id, "?", 0))
+            spec = RunSpec.of(header) if header is not None else parse_run_id(run_id) or RunSpec(run_id, "?", 0)
+            self.add_spec(spec)
         return self.runs[run_id]
 
     def ordered(self) -> list[RunView]:

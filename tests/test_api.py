@@ -196,15 +196,16 @@ def test_an_adapter_names_the_hidden_states_of_a_user_model(data):
     assert len(fa.record.null_std) == 3
 
 
-def test_an_adapter_of_whole_state_blocks_and_a_missing_width(data):
+def test_an_adapter_of_whole_state_blocks_needs_no_width_the_states_shapes_size_the_feedback(data):
     net = UserNet()
     model = HiddenStateAdapter(net, embed=lambda m, x: m.stem(x),
                                blocks=[lambda m, h, i=i: h + m.layers[i](h) for i in range(2)],
                                head=lambda m, h: m.fc(m.norm(h)))
     assert torch.allclose(model(data[0]), net(data[0]))
     assert audit_model(model, *data, settings=fast()).record.cos == pytest.approx([1.0] * 3, abs=1e-9)
-    with pytest.raises(ValueError, match="HiddenStateAdapter\\(d=...\\)"):
-        audit_model(model, *data, credit="dfa", settings=fast())
+    dfa = audit_model(model, *data, credit="dfa", settings=fast())
+    width = model.hidden_states(data[0][:1])[0][0].shape[1]
+    assert model.state_shapes == [(width,)] * 3 and len(dfa.record.cos) == 3 and len(dfa.record.null_std) == 3
 
 
 def test_the_result_renders_as_a_per_layer_table(resmlp, data):

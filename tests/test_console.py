@@ -378,8 +378,8 @@ async def test_the_subtitle_says_how_long_the_audit_has_left_while_it_trains(tmp
             await pilot.pause()
             left = 2 * (5 * 0.1 + 3 * 100) / 8  # 2 epochs left at dfa's mean epoch: 75 s
             assert left == pytest.approx(75.125)
-            assert app.sub_title == "watch (read-only) · about 1 min left · a"
+            assert app.sub_title == "watch (read-only) · about 1 min left · a · resmlp on synthetic"
     app = FaevalApp(watch=Audit.open(path), bell=False, poll_s=3600)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
-        assert app.sub_title == "watch (read-only) · a"  # nobody trains it: nothing is left to wait for
+        assert app.sub_title == "watch (read-only) · a · resmlp on synthetic"  # nobody trains it: nothing is left to wait for

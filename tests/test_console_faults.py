@@ -70,7 +70,7 @@ async def test_esc_on_the_error_dialog_returns_to_the_console(tmp_path: Path) ->
         await pilot.press("escape")
         await pilot.pause()
         assert app.is_running and app.screen is app.screen_stack[0] and len(app.screen_stack) == 1
-        assert app.mode == "not training" and app.sub_title == "not training · runs"
+        assert app.mode == "not training" and app.sub_title == "not training · runs · resmlp on cifar10"
 
 
 async def test_a_new_audit_whose_data_cannot_load_creates_nothing(tmp_path: Path) -> None:

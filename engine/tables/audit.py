@@ -10,9 +10,12 @@ from .runs import (
     config_of,
     final_stat,
     first_fire_cell,
+    group_model,
     group_status,
     group_verdict,
     groups,
+    model_cells,
+    model_headers,
     submode_cell,
     views,
 )
@@ -41,14 +44,16 @@ def audit_table(runs: Source, cfg: AuditConfig | None = None) -> Table:
             "stability": final_stat(live, lambda f: f.stability),
         }
         submode = submode_cell(live)
-        rows.append([method, lam_cell(lam), str(n), group_status(group), stats["acc"].cell(pct, n),
+        rows.append([*model_cells(cfg, group), method, lam_cell(lam), str(n), group_status(group),
+                     stats["acc"].cell(pct, n),
                      stats["gap"].cell(pp, n), mark(stats["gamma"].cell(num, n), degen, DAGGER),
                      mark(stats["deep_cos"].cell(num, n), degen, DAGGER),
                      mark(mark(stats["deep_rho"].cell(num, n), degen, DAGGER), any(o for _, o in rho), STALE),
                      stats["h_L"].cell(num, n), stats["g_L"].cell(num, n), stats["growth"].cell(num, n),
                      f"{stats['stability'].cell(num, n)} {submode}".strip(), group_verdict(group),
                      first_fire_cell(group)])
-        data.append({"method": method, "penalty": lam, "n": n, "runs": [r.log.run_id for r in group],
+        data.append({"model": group_model(cfg, group), "method": method, "penalty": lam, "n": n,
+                     "runs": [r.log.run_id for r in group],
                      "seeds": [r.log.seed for r in live], "degenerate": degen, "submode": submode,
                      "verdicts": [r.verdict.to_json() for r in live], **{k: s.to_json() for k, s in stats.items()}})
     notes = ["mean ± std over seeds (ddof = 1); n = seeds with at least one epoch; one seed shows (n=1) "
@@ -63,4 +68,4 @@ def audit_table(runs: Source, cfg: AuditConfig | None = None) -> Table:
         notes.append("gap — : the frozen run of that seed has no record at that epoch (failed, or not trained "
                      "that far), so (d) cannot be measured there: a run whose last epoch has no baseline reads "
                      "UNVERIFIED, never TRUSTWORTHY.")
-    return Table("audit", "Audit", HEADERS, rows, notes, data)
+    return Table("audit", "Audit", model_headers(cfg) + HEADERS, rows, notes, data)

@@ -5,7 +5,7 @@ from ..config import AuditConfig
 from ..fmt import DASH, num
 from ..records import at_layer
 from .cells import DAGGER, STALE, Stat, Table, lam_cell, mark
-from .runs import Footnotes, Source, config_of, groups, views
+from .runs import Footnotes, Source, config_of, group_model, groups, model_cells, model_headers, views
 
 
 def layer_table(runs: Source, cfg: AuditConfig | None = None, by: str = "method") -> Table:
@@ -20,8 +20,9 @@ def layer_table(runs: Source, cfg: AuditConfig | None = None, by: str = "method"
     blocks = (groups(vs, cfg) if by == "method"
               else [(r.log.run_id, float(r.log.penalty or 0.0), [r]) for r in vs])
     spread = "over seeds" if by == "method" else "over samples"
-    headers = ["method" if by == "method" else "run", "λ", "layer", "n", f"cos_l ± std ({spread})", "null band",
-               "z vs null", "ρ_l", "‖h_l‖", "‖g_l‖", "‖a_l‖"]
+    headers = model_headers(cfg) + ["method" if by == "method" else "run", "λ", "layer", "n",
+                                    f"cos_l ± std ({spread})", "null band", "z vs null", "ρ_l", "‖h_l‖", "‖g_l‖",
+                                    "‖a_l‖"]
     rows, data, foot = [], [], Footnotes("ρ_l")
     for name, lam, group in blocks:
         live = [r for r in group if r.final]
@@ -47,11 +48,11 @@ def layer_table(runs: Source, cfg: AuditConfig | None = None, by: str = "method"
                      "h": Stat.of(_at([r.final.h_norm for r in live], l)),
                      "g": Stat.of(_at([r.final.g_norm for r in live], l)),
                      "a": Stat.of(_at([r.final.a_norm for r in live], l))}
-            rows.append([name, lam_cell(lam), str(l), str(n), mark(cos_cell, degen, DAGGER),
+            rows.append([*model_cells(cfg, group), name, lam_cell(lam), str(l), str(n), mark(cos_cell, degen, DAGGER),
                          DASH if nm.n == 0 else f"{num(nm.mean)} ± {num(ns.mean)}", z_cell,
                          mark(mark(cell(rho_l), degen, DAGGER), any(o for _, o in rho), STALE),
                          cell(stats["h"]), cell(stats["g"]), cell(stats["a"])])
-            data.append({"name": name, "penalty": lam, "layer": l, "n": n,
+            data.append({"model": group_model(cfg, group), "name": name, "penalty": lam, "layer": l, "n": n,
                          **{k: s.to_json() for k, s in stats.items()}})
     notes = [f"null band: cos_l under {cfg.diagnostics.null_draws} fresh random feedback draws (fa, dfa); z vs "
              "null = (cos_l − null mean) / null std, and |z| ≤ 2 is marked (noise): the training feedback does no "

@@ -62,7 +62,8 @@ class RunView:
         """The run as ``export --format json`` lists it."""
         log, final = self.log, self.final
         return {
-            "run_id": log.run_id, "method": log.method, "seed": log.seed, "penalty": log.penalty,
+            "run_id": log.run_id, "model": log.header.model if log.header else None, "method": log.method,
+            "seed": log.seed, "penalty": log.penalty,
             "parent": log.header.parent if log.header else None, "status": self.status,
             "epochs_done": final.epoch if final else 0, "epochs": log.total_epochs,
             "message": log.end.message if log.end else "",
@@ -111,14 +112,39 @@ def n_classes(cfg: AuditConfig) -> int:
     return {"cifar10": 10, "cifar100": 100}.get(cfg.dataset, cfg.synthetic.classes)
 
 
+def model_of(run: RunView) -> str | None:
+    """The network a run trained, by its name in an audit of several (None: the audit's only one)."""
+    return run.log.header.model if run.log.header else None
+
+
+def model_headers(cfg: AuditConfig) -> list[str]:
+    """The leading "model" column of the tables in an audit of several networks."""
+    return ["model"] if cfg.multi_model else []
+
+
+def group_model(cfg: AuditConfig, group: list[RunView]) -> str | None:
+    """The network of a group's runs in an audit of several (None otherwise)."""
+    return (model_of(group[0]) or "?") if cfg.multi_model and group else None
+
+
+def model_cells(cfg: AuditConfig, group: list[RunView]) -> list[str]:
+    """The group's "model" cell, in an audit of several networks."""
+    net = group_model(cfg, group)
+    return [] if net is None else [net]
+
+
 def groups(runs: list[RunView], cfg: AuditConfig) -> list[tuple[str, float, list[RunView]]]:
-    """(method, λ, runs over seeds), methods in config order, each followed by its λ's."""
+    """(method, λ, runs over seeds), methods in config order, each followed by its λ's; in an
+    audit of several networks, that for each network in config order (``model_of`` of a
+    group's runs says which)."""
     order = {m: i for i, m in enumerate(cfg.methods)}
-    keyed: dict[tuple[str, float], list[RunView]] = {}
+    nets = {v.name: i for i, v in enumerate(cfg.variants())} if cfg.multi_model else {}
+    keyed: dict[tuple[str, str, float], list[RunView]] = {}
     for r in runs:
-        keyed.setdefault((r.log.method, float(r.log.penalty or 0.0)), []).append(r)
-    keys = sorted(keyed, key=lambda k: (order.get(k[0], len(order)), k[0], k[1]))
-    return [(m, lam, keyed[(m, lam)]) for m, lam in keys]
+        net = (model_of(r) or "") if cfg.multi_model else ""
+        keyed.setdefault((net, r.log.method, float(r.log.penalty or 0.0)), []).append(r)
+    keys = sorted(keyed, key=lambda k: (nets.get(k[0], len(nets)), k[0], order.get(k[1], len(order)), k[1], k[2]))
+    return [(m, lam, keyed[(net, m, lam)]) for net, m, lam in keys]
 
 
 def group_status(runs: list[RunView]) -> str:
