@@ -88,7 +88,8 @@ def check_owner(state: dict[str, Any], path, spec: RunSpec) -> None:
 # one trains; baselines are looked up again on reading) and the thresholds (fired, degenerate
 # and (d) are derived again from the measurements under the audit's thresholds on reading).
 # Every other key (and any key added later) is compared.
-UNCOMPARED = frozenset({"name", "description", "device", "workers", "threads", "data_dir", "download",
+# data_path: the file may move; data_sha256, compared, pins what it holds
+UNCOMPARED = frozenset({"name", "description", "device", "workers", "threads", "data_dir", "download", "data_path",
                         "methods", "seeds", "penalties", "penalty_methods", "thresholds"})
 
 

@@ -24,7 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .sizing import check_fits
+from .models import check_spec
+from .sizing import check_fits, image_shape
 from .yamlsafe import YAMLLimitError, limit_hint, read_yaml, safe_load, where
 
 PRESETS_PACKAGE = "engine.presets"  # the repository's presets/, mapped into the package (pyproject.toml)
@@ -408,5 +409,8 @@ def load_config(preset: str | None = None, sets: list[str] | None = None) -> Aud
     data = apply_sets(data, sets or [])
     source = str(path) + (" with --set " + " ".join(s[:80] for s in sets) if sets else "")
     cfg = validate(data, source)
+    if cfg.dataset != "npz":  # an npz file's images are known once it loads (engine.data.load_task checks)
+        for net in cfg.variants():
+            check_spec(net, image_shape(cfg))
     check_fits(cfg)
     return cfg

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .config import AuditConfig, SyntheticConfig
 from .errors import ConfigError, DataError
+from .models import check_spec
 from .userdata import DIGITS_DIMS, short, task_dims
 
 __all__ = ["TaskData", "diagnostic_n", "diagnostic_n_for", "digits_task", "load_task", "npz_task",
@@ -288,6 +289,8 @@ def load_task(cfg: AuditConfig) -> TaskData:
                        y_train=torch.randint(task.n_classes, task.y_train.shape, generator=gen),
                        y_test=torch.randint(task.n_classes, task.y_test.shape, generator=gen))
     check_diagnostic_size(cfg, task.x_test.shape[0])
+    for net in cfg.variants():  # an image model needs images that its patches or pools divide
+        check_spec(net, task.image_shape)
     fingerprint = task_fingerprint(task)
     if cfg.dataset != "npz" and cfg.data_sha256 is not None and fingerprint != cfg.data_sha256:
         raise python_data_refusal(cfg, fingerprint)

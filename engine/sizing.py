@@ -36,41 +36,17 @@ if TYPE_CHECKING:  # only for annotations: config.load_config calls check_fits, 
 MiB = 1 << 20
 GiB = 1 << 30
 RUNTIME_BYTES = 300 * MiB  # one Python process with torch imported (docs/bench.md: ~1.2 GiB PSS over 3 processes)
-CIFAR_IN_DIM = 3 * 32 * 32
-CIFAR_N = (50_000, 10_000)  # train, test
-CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 RHO_CHUNK_ROWS = 1024  # diagnostics.perturbation_rho's chunk_rows
 PROBE_FLOATS = 8 << 20  # diagnostics.PROBE_FLOATS: hidden-state floats per probe chunk
 F32, F64, I64 = 4, 8, 8
 
 
-DIGITS = (64, 10, 1437, 360)  # engine.data's split of scikit-learn's 1,797 digits
-
-
-def _npz_shape(path: str | None) -> tuple[int, int, int, int]:
-    """(in_dim, classes, n_train, n_test) from an npz file's array headers, without reading the
-    arrays; a file that cannot be read counts as empty (its loader refuses it with the reason)."""
-    import numpy as np
-
-    try:
-        with np.load(path, mmap_mode="r", allow_pickle=False) as f:
-            xtr, xte = f["x_train"], f["x_test"]
-            classes = int(np.asarray(f["n_classes"])) if "n_classes" in f.files else 1000
-            return int(np.prod(xtr.shape[1:])), classes, int(xtr.shape[0]), int(xte.shape[0])
-    except Exception:  # noqa: BLE001 - the loader names what is wrong with the file
-        return 1, 2, 0, 0
-
-
 def task_shape(cfg: AuditConfig) -> tuple[int, int, int, int]:
-    """(in_dim, classes, n_train, n_test) of the audit's task."""
-    if cfg.dataset == "synthetic":
-        s = cfg.synthetic
-        return s.in_dim, s.classes, s.n_train, s.n_test
-    if cfg.dataset == "digits":
-        return DIGITS
-    if cfg.dataset == "npz":
-        return _npz_shape(cfg.data_path)
-    return CIFAR_IN_DIM, CIFAR_CLASSES[cfg.dataset], *CIFAR_N
+    """(in_dim, classes, n_train, n_test) of the audit's task, without loading it (an npz file
+    that cannot be read counts as empty: its loader refuses it with the reason)."""
+    from .userdata import task_dims
+
+    return task_dims(cfg) or (1, 2, 0, 0)
 
 
 def image_shape(cfg: AuditConfig) -> tuple[int, int, int] | None:
@@ -151,7 +127,7 @@ def _per_run(cfg: AuditConfig, net: ModelSpec, in_dim: int, classes: int) -> tup
         big = max(sizes)  # ρ's chunks: about RHO_CHUNK_ROWS perturbed states of up to 512 floats
         rows = RHO_CHUNK_ROWS if big <= 512 else max(dg.rho_directions, RHO_CHUNK_ROWS * 512 // big)
         rho = P * F64 + max(1, rows // dg.rho_directions) * dg.rho_directions * act * F64
-        feedback = 4 * classes * states + net.L * net.d ** 2  # DFA's B's and P, twice; FA's feature maps
+        feedback = 4 * classes * states + net.L * net.d ** 2 + max(sizes) * net.d  # DFA: B, P twice; FA: maps, fc
         state = 4 * P * F32 + (2 * P if cfg.precision == "bf16" else 0) + feedback * F32
         return state + max(train, probe + rho, 3 * P * F32), P
     d, L, h = net.d, net.L, hidden_width(net.d, net.r)

@@ -139,7 +139,7 @@ def epoch_record(parts: RunParts, cfg: AuditConfig, task: TaskData, train_loss: 
                  ) -> tuple[Epoch, dict[str, float]]:
     """The run's record for ``epoch`` and the seconds each diagnostic took."""
     settings = diagnostic_settings(cfg, epoch)
-    x, y = task.diagnostic_set(cfg.diagnostics.n_samples)
+    x, y = task.diagnostic_set(cfg.diagnostics.n_samples, cfg.diagnostics.stability_batches)
     gen = torch.Generator().manual_seed(derive_seed(seed, "diagnostics", epoch))
     # the diagnostic set is the first n test samples: the probe's forward pass counts for them
     rec = measured_record(parts.model, parts.method, task.test_batches(start=x.shape[0]), x, y, settings, gen,

@@ -45,9 +45,9 @@ class Diagnostic:
 
 DIAGNOSTICS: dict[str, Diagnostic] = {
     "a": Diagnostic("a", "scale stability", "growth", "above", "growth",
-                    "the residual stream is exploding: ‖h_L‖ grows without bound, so the terminal LayerNorm "
-                    "divides the reference gradient toward the floor and the headline numbers describe a "
-                    "failing network"),
+                    "the hidden states are exploding: ‖h_l‖ grows without bound from layer to layer; with a "
+                    "terminal LayerNorm that divides the reference gradient toward the floor, and the headline "
+                    "numbers describe a failing network"),
     "b": Diagnostic("b", "reference validity", "g_L", "below", "g_floor",
                     "the BP reference gradient is at the numerical floor: every cosine from this epoch on is "
                     "measured against noise and is degenerate, not evidence of alignment"),
