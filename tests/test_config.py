@@ -130,3 +130,18 @@ def test_apply_sets_does_not_mutate_the_input():
     data = {"thresholds": {"growth": 50}}
     out = apply_sets(data, ["thresholds.growth=10"])
     assert data == {"thresholds": {"growth": 50}} and out["thresholds"]["growth"] == 10
+
+
+@pytest.mark.parametrize("sets, words", [
+    (["model=cnn", "synthetic.in_dim=32"], "needs images"),
+    (["model=vit_mini", "synthetic.in_dim=64", "patch=3"], "patch = 3 does not divide"),
+    (["model=vit_mini", "heads=5"], "heads = 5 does not divide d = 64"),
+])
+def test_image_model_refusals_name_the_key_and_leave_nothing_written(tmp_path, sets, words):
+    from typer.testing import CliRunner
+
+    from faeval_tui.cli import app
+
+    res = CliRunner().invoke(app, ["run", *[a for s in sets for a in ("--set", s)], "--runs-dir", str(tmp_path / "r")])
+    assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
