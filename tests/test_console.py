@@ -383,3 +383,19 @@ async def test_the_subtitle_says_how_long_the_audit_has_left_while_it_trains(tmp
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert app.sub_title == "watch (read-only) · a · resmlp on synthetic"  # nobody trains it: nothing is left to wait for
+
+
+@pytest.mark.asyncio
+async def test_watching_an_audit_of_several_networks_names_each_runs_network(new_audit):
+    from tests.conftest import train
+
+    audit = new_audit("methods=[dfa,frozen]", "epochs=1", "synthetic.in_dim=16",
+                      "models=[{name: res, model: resmlp}, {name: cnn, model: cnn, d: 8}]")
+    assert set(train(audit).values()) == {"finished"}
+    app = FaevalApp(watch=Audit.open(audit.path), bell=False, poll_s=3600)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        table = app.query_one(RunTable)
+        assert [str(table.get_cell(rid, "method")) for rid in ("res.frozen-s42", "cnn.dfa-s42")] == [
+            "res.frozen", "cnn.dfa"]
+        assert app.sub_title.endswith("· 2 models on synthetic")
