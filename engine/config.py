@@ -29,7 +29,7 @@ from .sizing import check_fits, image_shape
 from .yamlsafe import YAMLLimitError, limit_hint, read_yaml, safe_load, where
 
 PRESETS_PACKAGE = "engine.presets"  # the repository's presets/, mapped into the package (pyproject.toml)
-DEFAULT_PRESET = "synthetic_default"
+DEFAULT_PRESET = "digits_default"
 STANDARD_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
 
 

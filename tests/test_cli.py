@@ -40,8 +40,9 @@ def test_presets_lists_names_with_their_descriptions() -> None:
     res = invoke("presets")
     assert res.exit_code == 0, res.output
     lines = {line.split()[0]: line.split(None, 1)[1] for line in res.output.splitlines() if line.strip()}
-    assert lines["synthetic_default"] == ("Embedded default - synthetic teacher task (no download), d=64 L=4, "
-                                          "bp/fa/dfa/frozen x 2 seeds, under two minutes on a laptop CPU")
+    assert lines["digits_default"] == ("Embedded default - real handwritten digits (scikit-learn, no download), "
+                                       "ResMLP d=64 L=4 with terminal LN, bp/fa/dfa/frozen x 2 seeds, about a "
+                                       "minute on a laptop CPU")
     assert lines["cifar100_d256_L4"] == ("Flagship: CIFAR-100, ResMLP d=256 L=4 with terminal LN, "
                                          "bp/fa/dfa/frozen x 3 seeds, 100 epochs")
 

@@ -8,7 +8,7 @@ import pytest
 from engine.config import apply_sets, list_presets, load_config, parse_set, shipped_presets, validate
 from engine.errors import ConfigError
 
-PROTOCOL_PRESETS = ["synthetic_default", "cifar100_d256_L4", "cifar10_d256_L4", "cifar100_d512_L2",
+PROTOCOL_PRESETS = ["digits_default", "synthetic_default", "cifar100_d256_L4", "cifar10_d256_L4", "cifar100_d512_L2",
                     "cifar100_d512_L4", "cifar100_d512_L8", "cifar100_d512_L12", "cifar100_d256_L4_noln",
                     "cifar100_d256_L4_random"]
 
@@ -31,8 +31,10 @@ def test_the_protocol_presets_are_shipped_with_their_settings():
     assert [load_config(f"cifar100_d512_L{L}").L for L in (2, 4, 8, 12)] == [2, 4, 8, 12]
 
 
-def test_no_preset_means_the_synthetic_default():
-    assert load_config(None).dataset == "synthetic"
+def test_no_preset_means_the_embedded_digits_default():
+    cfg = load_config(None)
+    assert (cfg.name, cfg.dataset, cfg.model, cfg.d, cfg.L, cfg.terminal_ln) == ("digits_default", "digits", "resmlp",
+                                                                               64, 4, True)
 
 
 def test_shipped_presets_are_the_yaml_files_in_presets():
@@ -133,8 +135,8 @@ def test_apply_sets_does_not_mutate_the_input():
 
 
 @pytest.mark.parametrize("sets, words", [
-    (["model=cnn", "synthetic.in_dim=32"], "needs images"),
-    (["model=vit_mini", "synthetic.in_dim=64", "patch=3"], "patch = 3 does not divide"),
+    (["dataset=synthetic", "model=cnn", "synthetic.in_dim=32"], "needs images"),
+    (["dataset=synthetic", "model=vit_mini", "synthetic.in_dim=64", "patch=3"], "patch = 3 does not divide"),
     (["model=vit_mini", "heads=5"], "heads = 5 does not divide d = 64"),
 ])
 def test_image_model_refusals_name_the_key_and_leave_nothing_written(tmp_path, sets, words):

@@ -180,11 +180,11 @@ def test_ints_written_for_floats_are_still_floats(tmp_path):
 
 
 def test_a_synthetic_test_set_smaller_than_the_diagnostic_set_is_refused():
-    msg = refused(None, ["synthetic.n_test=16"])
+    msg = refused("synthetic_default", ["synthetic.n_test=16"])
     assert "synthetic.n_test" in msg and "diagnostics.n_samples" in msg and "→" in msg
     # equal is enough, and a smaller diagnostic set fits a smaller test set
-    assert load_config(None, ["synthetic.n_test=1024"]).synthetic.n_test == 1024
-    load_config(None, ["synthetic.n_test=64", "diagnostics.n_samples=64", "diagnostics.rho_samples=64"])
+    assert load_config("synthetic_default", ["synthetic.n_test=1024"]).synthetic.n_test == 1024
+    load_config("synthetic_default", ["synthetic.n_test=64", "diagnostics.n_samples=64", "diagnostics.rho_samples=64"])
     # CIFAR ignores the synthetic section
     assert load_config("cifar100_d256_L4", ["synthetic.n_test=16"]).synthetic.n_test == 16
 
@@ -252,7 +252,7 @@ def test_load_config_refuses_a_model_that_cannot_fit():
 
 
 def test_load_config_refuses_synthetic_data_that_cannot_fit():
-    msg = refused(None, ["synthetic.n_train=10000000", "synthetic.in_dim=100000"])
+    msg = refused("synthetic_default", ["synthetic.n_train=10000000", "synthetic.in_dim=100000"])
     assert "memory" in msg and "synthetic" in msg
 
 

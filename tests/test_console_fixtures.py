@@ -18,7 +18,7 @@ from engine.verdicts import evaluate
 from tests.conftest import tiny
 
 TINY = tiny("methods=[dfa,frozen]")
-FIXTURE_SETS = ["epochs=5", "L=2", "seeds=[42]", "methods=[bp,fa,dfa,frozen]"]
+FIXTURE_SETS = ["dataset=synthetic", "epochs=5", "L=2", "seeds=[42]", "methods=[bp,fa,dfa,frozen]"]
 FIXTURE_TIME = "2026-01-01T00:00:00+00:00"
 
 

@@ -184,7 +184,7 @@ def test_task_dims_gives_every_sources_sizes_without_loading_it(tmp_path: Path, 
     def dims(*sets: str):
         return task_dims(load_config(None, list(sets)))
 
-    assert dims("synthetic.in_dim=64", "synthetic.classes=7", "synthetic.n_train=1000",
+    assert dims("dataset=synthetic", "synthetic.in_dim=64", "synthetic.classes=7", "synthetic.n_train=1000",
                 "synthetic.n_test=2048") == (64, 7, 1000, 2048)
     assert dims("dataset=digits") == (64, 10, 1437, 360)
     assert dims("dataset=cifar10", "download=false") == (3072, 10, 50_000, 10_000)
