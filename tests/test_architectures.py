@@ -172,3 +172,35 @@ def test_the_cross_entropy_of_the_probe_is_the_models_own():
     model.eval()
     torch.testing.assert_close(probe.logits, model(x))
     assert F.cross_entropy(probe.logits, y).item() > 0
+
+
+@pytest.mark.parametrize("model", ["vit_mini", "cnn"])
+def test_the_image_models_train_and_measure_on_cifar_archives(tmp_path, model, monkeypatch):
+    """CIFAR-10 in its real archive format (a few images per batch), as 3×32×32 images."""
+    import dataclasses
+
+    import engine.cifar
+    from engine.config import load_config
+    from engine.data import load_task
+    from tests.cifar_fixtures import make_cifar_archive
+
+    _, md5, _ = make_cifar_archive(tmp_path, "cifar10", n_per_batch=16)
+    specs = {**engine.cifar.CIFAR_SPECS, "cifar10": dataclasses.replace(engine.cifar.CIFAR_SPECS["cifar10"], md5=md5)}
+    monkeypatch.setattr(engine.cifar, "CIFAR_SPECS", specs)  # the small archive's own checksum
+    cfg = load_config(None, ["dataset=cifar10", f"data_dir={tmp_path}", "download=false", f"model={model}",
+                             "d=8", "heads=2", "diagnostics.n_samples=16", "diagnostics.rho_samples=16"])
+    task = load_task(cfg)
+    assert task.image_shape == (3, 32, 32)
+    net = cfg.variant(None)
+    m = build_model(net, task.in_dim, task.n_classes, task.image_shape, torch.Generator().manual_seed(0))
+    x, y = task.diagnostic_set(16, 8)
+    meth = get_method("dfa")(m, task.n_classes, torch.Generator().manual_seed(1))
+    loss = meth.step(m, task.prepare(task.x_train[:8]), task.y_train[:8], 0.0)
+    assert torch.isfinite(loss)
+    if model == "vit_mini":
+        assert m.state_shapes[0] == (65, 8)  # patches of 4: 64 + the cls token
+    from engine.diagnostics import DiagnosticSettings, measure
+
+    rec = measure(m, meth, x, y, DiagnosticSettings(stability_batches=8, rho_samples=16, rho_directions=2,
+                                                    null_draws=2), torch.Generator().manual_seed(0))
+    assert len(rec["cos"]) == len(rec["rho"]) == m.depth + 1 and all(abs(c) <= 1 for c in rec["cos"])
