@@ -69,6 +69,17 @@ class DiagnosticsConfig(_Strict):
     null_every: int = Field(1, ge=1, description="null band every k epochs (always at the last)")
 
 
+class Persist(_Strict):
+    """The alert rule: a walk-back diagnostic alerts once it has fired on this many consecutive
+    epochs. Measured on the default audits of 2026-12-02 (docs/protocol.md §8): bp's (d) fired
+    on up to 3 epochs in a row and never alerts at 4; fa and dfa's (d) fired on 4 or more from
+    epoch 1; no bp run ever fired (a) or (b), and once fired they stayed fired."""
+
+    a: int = Field(1, ge=1, le=1000)
+    b: int = Field(1, ge=1, le=1000)
+    d: int = Field(4, ge=1, le=1000)
+
+
 class Thresholds(_Strict):
     """The declared thresholds: alerts, verdicts and chart lines all read these."""
 
@@ -76,6 +87,8 @@ class Thresholds(_Strict):
     g_floor: float = Field(1e-7, gt=0, description="(b) fires when ‖g_L‖ < this")
     stability: float = Field(0.30, ge=-1, le=1, description="(c) drift when stability > this")
     depth_margin: float = Field(0.0, ge=-1, le=1, description="(d) fires when acc < baseline + margin")
+    persist: Persist = Field(default_factory=Persist, description="consecutive epochs a diagnostic fires "
+                             "before it alerts")
 
 
 MODEL_NAMES = ("resmlp", "vit_mini", "cnn", "mlp")

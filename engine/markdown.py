@@ -77,7 +77,8 @@ def header_markdown(cfg: AuditConfig, runs: Sequence[RunLike], name: str | None 
         f"- **seeds**: {', '.join(map(str, cfg.seeds))}",
         f"- **thresholds**: (a) growth > {num(th.growth)}; (b) ‖g_L‖ < {num(th.g_floor)}; (c) stability > "
         f"{num(th.stability)} = drift; (d) accuracy < frozen baseline + {num(th.depth_margin)} "
-        f"({n_note})",
+        f"({n_note}); alerts after (a) {th.persist.a}, (b) {th.persist.b}, (d) {th.persist.d} consecutive "
+        "fired epochs",
         f"- **runs**: {sum(states.values())} (" + ", ".join(f"{v} {k}" for k, v in sorted(states.items())) + ")",
     ]
     problems = [p for r in views(runs, cfg) for p in r.log.problems]

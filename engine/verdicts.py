@@ -6,7 +6,7 @@ The chart lines, the alerts and the final verdict all read ``DIAGNOSTICS`` and a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,16 +157,48 @@ class Alert:
         return f"{self.run_id}: {self.headline}. Walk back: {self.meaning}."
 
 
+def streak(records: Sequence[Epoch], k: str) -> int:
+    """Consecutive epochs, ending with the last record, on which ``k`` fired."""
+    n, expect = 0, None
+    for rec in reversed(records):
+        if k not in rec.fired or (expect is not None and rec.epoch != expect):
+            break
+        n, expect = n + 1, rec.epoch - 1
+    return n
+
+
+def alert_epochs(records: Sequence[Epoch], th: Thresholds) -> dict[str, int]:
+    """The epoch at which each walk-back diagnostic alerted under the rule (``th.persist``):
+    the first epoch that completes a streak of that many consecutive fired epochs."""
+    out: dict[str, int] = {}
+    for i in range(len(records)):
+        for k in WALK_BACK:
+            if k not in out and streak(records[:i + 1], k) >= getattr(th.persist, k):
+                out[k] = records[i].epoch
+    return out
+
+
+def alert_rule(th: Thresholds) -> str:
+    """The alert rule in words, for reports."""
+    p = th.persist
+    return (f"a diagnostic alerts once it has fired on consecutive epochs: (a) {p.a}, (b) {p.b}, (d) {p.d}; "
+            "the verdict reads the last epoch's fired set")
+
+
 def new_alerts(run_id: str, previous: list[Epoch], record: Epoch, th: Thresholds) -> list[Alert]:
-    """Walk-back alerts raised by ``record``: diagnostics (a), (b), (d) firing for the first time."""
-    seen = set(first_fire(previous))
+    """Walk-back alerts raised by ``record``: diagnostics (a), (b), (d) that complete, with it,
+    their first streak of ``th.persist`` consecutive fired epochs."""
+    before = alert_epochs(previous, th)
+    history = [*previous, record]
     alerts = []
     for k in WALK_BACK:
-        if k in record.fired and k not in seen:
+        need = getattr(th.persist, k)
+        if k in record.fired and k not in before and streak(history, k) >= need:
             diag = DIAGNOSTICS[k]
             value, limit = getattr(record, diag.field), diag.threshold(th, record)
             side = ">" if diag.comparison == "above" else "<"
-            headline = (f"({k}) {diag.name} fired at epoch {record.epoch}: {diag.field} = {num(value)} "
+            since = f" (fired on every epoch since {record.epoch - need + 1})" if need > 1 else ""
+            headline = (f"({k}) {diag.name} fired at epoch {record.epoch}{since}: {diag.field} = {num(value)} "
                         f"{side} {num(limit)}")
             alerts.append(Alert(run_id, record.epoch, k, value, limit, headline, diag.meaning))
     return alerts

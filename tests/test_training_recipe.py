@@ -15,7 +15,7 @@ from engine.errors import ConfigError
 from engine.methods.bp import Backprop
 from engine.plan import RunSpec, make_header
 from engine.records import Epoch
-from engine.verdicts import evaluate, new_alerts, verdict
+from engine.verdicts import alert_epochs, evaluate, new_alerts, streak, verdict
 from tests.conftest import tiny, train
 
 # ---------------------------------------------------------------- ρ and null-band cadence
@@ -108,8 +108,43 @@ def test_depth_utility_fires_exactly_below_baseline_plus_margin(margin):
     assert "d" not in evaluate(epoch(0.0, None), th).fired  # no frozen baseline: (d) cannot fire
     rec = evaluate(epoch(below, base), th)
     assert verdict([rec]).label == "WALKED BACK via (d)"
-    (alert,) = new_alerts("fa-s1", [], rec, th)
+    once = Thresholds(depth_margin=margin, persist={"d": 1})  # the alert rule aside: alert on the first fire
+    (alert,) = new_alerts("fa-s1", [], rec, once)
     assert (alert.diagnostic, alert.value, alert.threshold) == ("d", below, edge)
+
+
+def _run(pattern: str, th: Thresholds) -> list:
+    """Epoch records 1..n whose (d) fires where ``pattern`` has a 'd' (accuracy below frozen's)."""
+    return [evaluate(epoch(0.4 if c == "d" else 0.6, 0.5).model_copy(update={"epoch": i + 1}), th)
+            for i, c in enumerate(pattern)]
+
+
+@pytest.mark.parametrize("pattern, alert_at", [
+    ("..ddd.........", None),      # bp-s42 on the digits default: (d) on three epochs in a row, no alert
+    ("d.............", None),      # bp on the synthetic default: a first-epoch flip
+    ("dddddddddddddd", 4),         # fa and dfa on digits: alerted at epoch 4
+    ("ddd.dddddd", 8),             # dfa-s123 on the synthetic default: the streak restarts
+    ("dddd.dd.dd", 4),
+    ("dd.dd.dd.dd.", None),        # flapping never alerts
+])
+def test_d_alerts_once_it_has_fired_on_four_consecutive_epochs(pattern, alert_at):
+    th = Thresholds()
+    assert th.persist.d == 4 and th.persist.a == th.persist.b == 1
+    records = _run(pattern, th)
+    raised = [r.epoch for i, r in enumerate(records) for a in new_alerts("x", records[:i], r, th)]
+    assert raised == ([] if alert_at is None else [alert_at])  # at most once per run
+    assert alert_epochs(records, th).get("d") == alert_at
+    if alert_at:
+        (alert,) = new_alerts("x", records[:alert_at - 1], records[alert_at - 1], th)
+        assert f"fired on every epoch since {alert_at - 3}" in alert.headline
+
+
+def test_a_gap_in_the_epochs_breaks_a_streak():
+    th = Thresholds()
+    records = _run("dddd", th)
+    gapped = records[:2] + [r.model_copy(update={"epoch": r.epoch + 1}) for r in records[2:]]  # epochs 1, 2, 4, 5
+    assert streak(gapped, "d") == 2 and alert_epochs(gapped, th) == {}
+    assert streak(records, "d") == 4 and alert_epochs(records, th) == {"d": 4}
 
 
 def test_a_margin_moves_the_verdict_of_a_run_that_beats_its_baseline_by_less():

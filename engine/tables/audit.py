@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..config import AuditConfig
 from ..fmt import num
+from ..verdicts import alert_rule
 from .cells import DAGGER, STALE, Stat, Table, lam_cell, mark, pct, pp
 from .runs import (
     Footnotes,
@@ -59,7 +60,8 @@ def audit_table(runs: Source, cfg: AuditConfig | None = None) -> Table:
     notes = ["mean ± std over seeds (ddof = 1); n = seeds with at least one epoch; one seed shows (n=1) "
              "instead of a std; gap = accuracy − frozen baseline of the same seed and epoch.",
              "first fire lists every walk-back diagnostic that has ever fired; the verdict reads the latest "
-             "epoch only, so a run that recovered is TRUSTWORTHY with a first fire."]
+             "epoch only, so a run that recovered is TRUSTWORTHY with a first fire.",
+             f"alerts: {alert_rule(cfg.thresholds)}."]
     notes += foot.notes(cfg)
     if "frozen" not in cfg.methods:
         notes.append("no frozen baseline in this audit: (d) and the gap cannot be measured, so no run reads "
