@@ -46,7 +46,7 @@ def _cli(*args, **kw):
 def test_resume_after_kill_9_mid_epoch_equals_an_uninterrupted_run(tmp_path):
     sets = ["epochs=5", "d=32", "synthetic.n_train=16384", "synthetic.n_test=1024", "diagnostics.rho_directions=2",
             "seeds=[5]", "methods=[dfa]"]
-    flags = sum((["--set", s] for s in sets), [])
+    flags = ["--preset", "synthetic_default", *sum((["--set", s] for s in sets), [])]  # long enough to kill
     killed_dir = tmp_path / "killed"
     proc = _cli("run", "--runs-dir", str(killed_dir), *flags)
     records = None
@@ -279,7 +279,7 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_ctrl_c_stops_runs_keeps_checkpoints_and_says_how_to_resume(tmp_path):
     sets = ["epochs=50", "d=16", "synthetic.n_train=4096", "synthetic.n_test=1024", "diagnostics.rho_directions=2",
             "seeds=[3]", "methods=[bp]"]
-    proc = _cli("run", "--runs-dir", str(tmp_path), *sum((["--set", s] for s in sets), []))
+    proc = _cli("run", "--preset", "synthetic_default", "--runs-dir", str(tmp_path), *sum((["--set", s] for s in sets), []))
     deadline = time.monotonic() + WAIT_S
     while not list(tmp_path.glob("*/bp-s3/checkpoint.pt")):
         assert proc.poll() is None, "the audit ended before its first checkpoint: " + proc.stderr.read()[-2000:]

@@ -25,3 +25,19 @@ def test_listing_presets_and_the_help_never_import_torch():
             "print(bad[:5]); sys.exit(1 if bad else 0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_package_in_the_source_tree_is_listed_for_the_wheel():
+    """A subpackage missing from pyproject's `packages` installs without its modules (the
+    slow tier's wheel test found engine.models missing): checked here without building."""
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    line = re.search(r"^packages = (\[.*\])$", (root / "pyproject.toml").read_text(), re.M)  # tomllib is 3.11+
+    listed = set(ast.literal_eval(line[1]))
+    found = {".".join(p.parent.relative_to(root).parts) for top in ("engine", "faeval_tui")
+             for p in (root / top).rglob("__init__.py") if "__pycache__" not in p.parts}
+    found.add("engine.presets")  # presets/ is mapped into the engine (package-dir)
+    assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"

@@ -52,9 +52,8 @@ def test_the_installed_cli_runs_from_a_directory_without_source(installed, tmp_p
     version = run([cli, "--version"], cwd=empty, env=env).stdout
     assert "faeval-tui" in version and "torch" in version
     listing = run([cli, "presets"], cwd=empty, env=env).stdout
-    assert "synthetic_default" in listing and "cifar100_d256_L4" in listing
-    sets = ["epochs=1", "d=16", "synthetic.n_train=512", "synthetic.n_test=1024", "diagnostics.rho_directions=2",
-            "seeds=[42]", "methods=[bp,frozen]"]
+    assert "digits_default" in listing and "synthetic_default" in listing and "cifar100_d256_L4" in listing
+    sets = ["epochs=1", "d=16", "diagnostics.rho_directions=2", "seeds=[42]", "methods=[bp,frozen]"]  # digits
     out = run([cli, "run", "--runs-dir", "runs", *sum((["--set", s] for s in sets), [])], cwd=empty, env=env)
     audit = Path(out.stdout.strip().splitlines()[-1])
     assert audit.is_absolute() or (empty / audit).is_dir()
