@@ -8,6 +8,7 @@ diagnosed here.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,6 +174,13 @@ class AuditState:
             self.version += 1
 
     # ---- questions widgets ask -------------------------------------------------------
+    @functools.cached_property
+    def diagnostic_n(self) -> int:
+        """The diagnostic set's size: n_samples, or a smaller test split whole (engine.data)."""
+        from engine.data import diagnostic_n_for  # torch, once a chart asks
+
+        return diagnostic_n_for(self.cfg)
+
     def active(self) -> list[RunView]:
         return [v for v in self.runs.values() if v.status(self.live) in ACTIVE]
 

@@ -399,3 +399,13 @@ async def test_watching_an_audit_of_several_networks_names_each_runs_network(new
         assert [str(table.get_cell(rid, "method")) for rid in ("res.frozen-s42", "cnn.dfa-s42")] == [
             "res.frozen", "cnn.dfa"]
         assert app.sub_title.endswith("· 2 models on synthetic")
+
+
+def test_the_reference_chart_says_when_the_diagnostic_set_is_a_whole_small_test_split(tmp_path: Path) -> None:
+    from faeval_tui.charts import CHARTS, chart_data
+
+    g_chart = next(c for c in CHARTS if c.key == "g_L")
+    digits = AuditState(tmp_path, load_config(None, ["dataset=digits"]))
+    assert digits.diagnostic_n == 360
+    assert chart_data(g_chart, digits, None)[2] == "diagnostic set n = 360 (whole test split), floor set for 1024"
+    assert chart_data(g_chart, AuditState(tmp_path, load_config(None, TINY)), None)[2] == ""
