@@ -151,6 +151,7 @@ class Alert:
     threshold: float
     headline: str  # which diagnostic fired, when, value against threshold
     meaning: str  # what it means for the run's headline numbers
+    since: int | None = None  # the streak's first epoch, when the alert rule needed more than one
 
     @property
     def text(self) -> str:
@@ -200,6 +201,7 @@ def new_alerts(run_id: str, previous: list[Epoch], record: Epoch, th: Thresholds
             since = f" (fired on every epoch since {record.epoch - need + 1})" if need > 1 else ""
             headline = (f"({k}) {diag.name} fired at epoch {record.epoch}{since}: {diag.field} = {num(value)} "
                         f"{side} {num(limit)}")
-            alerts.append(Alert(run_id, record.epoch, k, value, limit, headline, diag.meaning))
+            alerts.append(Alert(run_id, record.epoch, k, value, limit, headline, diag.meaning,
+                                record.epoch - need + 1 if need > 1 else None))
     return alerts
 

@@ -35,13 +35,14 @@ class ChartSpec:
     title: str
     log: bool
     value: Callable[[dict[str, Any]], float]
+    diagnostic: str | None = None  # whose first fire the chart marks for the selected run
 
 
 CHARTS = (
-    ChartSpec("h_L", "‖h_L‖", True, lambda r: r.h_L),
-    ChartSpec("g_L", "‖g_L‖", True, lambda r: r.g_L),
-    ChartSpec("stability", "stability", False, lambda r: r.stability),
-    ChartSpec("acc", "test accuracy", False, lambda r: r.test_acc),
+    ChartSpec("h_L", "‖h_L‖", True, lambda r: r.h_L, "a"),
+    ChartSpec("g_L", "‖g_L‖", True, lambda r: r.g_L, "b"),
+    ChartSpec("stability", "stability", False, lambda r: r.stability, "c"),
+    ChartSpec("acc", "test accuracy", False, lambda r: r.test_acc, "d"),
 )
 
 
@@ -62,6 +63,7 @@ class RefLine:
     y: float | None = None
     points: list[tuple[int, float]] = field(default_factory=list)
     color: int = REF_COLOR
+    x: int | None = None  # a vertical line at this epoch (a first fire)
 
 
 def unplottable(v: float, log: bool) -> str | None:
@@ -130,6 +132,9 @@ class MetricChart(PlotextPlot):
             lo, hi = lo - pad, hi + pad
         # reference lines first: the runs, the selected one last, are drawn over them
         for line in self.lines:
+            if line.x is not None:  # a first fire of the selected run, labelled at the top
+                plt.vline(line.x, color=line.color)
+                plt.text(line.label, line.x, hi, color=line.color, alignment="left")
             if line.y is not None and unplottable(line.y, log) is None:
                 plt.hline(self._y(line.y), color=line.color)
                 plt.text(line.label, 1, self._y(line.y), color=line.color, alignment="left")
@@ -194,6 +199,10 @@ def chart_data(spec: ChartSpec, state: AuditState, selected: str | None) -> tupl
             pts = [(x, y) for x, y in pts if y is not None]
             if pts:
                 lines.append(RefLine(f"(d) frozen s{sel.spec.seed}", points=pts, color=BASE_COLOR))
+    if sel is not None and spec.diagnostic is not None:  # where the selected run's diagnostic first fired
+        first = sel.verdict.first_fire.get(spec.diagnostic)
+        if first is not None:
+            lines.append(RefLine(f"({spec.diagnostic}) e{first}", x=first, color=sel.color))
     return series, lines, note
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable, RichLog
 
-from engine.verdicts import Alert
+from engine.fmt import num
+from engine.verdicts import DIAGNOSTICS, Alert
 
 from .state import AuditState, RunView
 
@@ -84,11 +85,40 @@ class RunTable(DataTable):
 
 
 class AlertLog(RichLog):
-    """Every walk-back alert, oldest first; it stays after the toast has gone."""
+    """Every walk-back alert, oldest first; it stays after the toast has gone.
+
+    Each alert is its headline (epoch, run, diagnostic, value against threshold) on a line
+    of its own, then what it means, indented: a log three lines tall still shows the latest
+    headline. The lines are laid out again when the log is resized (RichLog keeps them at
+    the width they were written at)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.shown: list[Alert] = []
 
     def add(self, alert: Alert) -> None:
-        line = Text()
-        line.append(f"e{alert.epoch:<3} ", style="bold")
-        line.append("WALK BACK ", style="bold red")
-        line.append(alert.text)
-        self.write(line)
+        self.shown.append(alert)
+        self._write(alert)
+
+    def _write(self, alert: Alert) -> None:
+        diag = DIAGNOSTICS[alert.diagnostic]
+        side = ">" if diag.comparison == "above" else "<"
+        head = Text()
+        head.append(f"e{alert.epoch:<3} ", style="bold")
+        head.append("WALK BACK ", style="bold red")
+        head.append(f"{alert.run_id} ", style="bold")
+        # compact, so it fits one line at 80 columns: the full headline is in the toast and the export
+        head.append(f"({alert.diagnostic}) {diag.field} {num(alert.value)} {side} {num(alert.threshold)}")
+        if alert.since is not None:
+            head.append(f" (since e{alert.since})")
+        self.write(head)
+        # what it means on one line cut to the log's width (a wider line would add a scroll bar)
+        width = max(20, self.scrollable_content_region.width - 1)
+        meaning = f"     {diag.name}: {alert.meaning}."
+        self.write(Text(meaning if len(meaning) <= width else meaning[:width - 1] + "…", style="dim"))
+
+    def on_resize(self) -> None:
+        if self.shown:
+            self.clear()
+            for alert in self.shown:
+                self._write(alert)

@@ -80,7 +80,9 @@ async def test_launch_trains_every_run_and_an_alert_walks_a_run_back(tmp_path: P
         assert cell(app, "dfa-s42", "verdict").startswith("WALKED BACK (a)")
         assert cell(app, "dfa-s42", "epoch") == "2/2"
         log_text = "\n".join(str(line.text) for line in app.query_one(AlertLog).lines)
-        assert "WALK BACK dfa-s42: (a) scale stability fired at epoch 1" in log_text
+        # the headline first, on its own line; the meaning after it
+        assert "e1   WALK BACK dfa-s42 (a) growth " in log_text and " > 1.00\n" in log_text
+        assert "     scale stability: the hidden states are exploding" in log_text
         assert bells, "the bell rings on a walk-back alert"
         assert any("WALK BACK" in (n.title or "") for n in app._notifications)
         records = read_run(app.audit.path / "dfa-s42" / RECORDS)
