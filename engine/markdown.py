@@ -1,20 +1,140 @@
 """The audit as one markdown document: a header naming what was run, then every table.
 
 Tables are GitHub tables of the cells ``engine.tables`` formatted, so the markdown,
-the console and the JSON export show the same text for the same number.
+the console and the JSON export show the same text for the same number; columns of
+numbers are right-aligned (``Table.numeric``), columns of words left.
+
+The header says when and by what the report was written (``export_provenance``) and how
+the audit's config differs from the shipped preset it is named after (``preset_changes``):
+the config does not record which keys came from ``--set``, so the changes are found by
+comparing the two.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from .config import AuditConfig
+from .config import AuditConfig, shipped_presets, validate
 from .data import diagnostic_n_for
+from .errors import ConfigError
 from .fmt import num
 from .models import describe
 from .sizing import image_shape
 from .tables import RunLike, Source, Table, audit_tables, config_of, views
+from .yamlsafe import read_yaml
+
+EXPORT_TIME_ENV = "FAEVAL_EXPORT_TIME"  # when set, the export time the header shows (reproducible exports)
+
+# keys that are no choice of the user's: the preset's own name and description, and the
+# npz file's digest the audit fills in when it is created
+NOT_CHOSEN = ("name", "description", "data_sha256")
+# what a preset's description speaks of (data, network, training length, methods, seeds,
+# penalties): a change to any of these makes the description misdescribe the audit
+DESCRIBED = ("dataset", "synthetic", "random_targets", "data_path", "model", "models", "d", "L", "r", "terminal_ln",
+             "patch", "heads", "epochs", "methods", "seeds", "penalties", "penalty_methods")
+
+
+def export_provenance() -> dict[str, str]:
+    """When and by what a report is written: the UTC time (``FAEVAL_EXPORT_TIME`` instead of
+    the clock when set), faeval-tui's and torch's versions ("unknown" when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tool = version("faeval-tui")
+    except PackageNotFoundError:
+        tool = "unknown"
+    try:
+        import torch  # lazily: reading presets and the help never import torch
+
+        torch_version = str(torch.__version__)
+    except ImportError:
+        torch_version = "unknown"
+    date = os.environ.get(EXPORT_TIME_ENV) or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {"date": date, "faeval_tui": tool, "torch": torch_version}
+
+
+def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections as dotted keys; lists (seeds, methods, models) stay one value."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def setting(value: Any) -> str:
+    """A config value as ``--set`` would take it: ``[5, 6]``, ``[bp, fa]``, ``true``, ``1e-07``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(setting(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {setting(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, float):
+        return repr(value)
+    text = str(value).replace("\n", " ")
+    return text if text else "''"
+
+
+def shipped_config(name: str) -> AuditConfig | None:
+    """The shipped preset ``name`` as this version reads it (None: no such preset, or unreadable).
+    Validated only, not sized: whether it fits this machine is not the question here."""
+    path = shipped_presets().get(name)
+    if path is None:
+        return None
+    try:
+        return validate(read_yaml(path), f"preset {name}")
+    except ConfigError:
+        return None
+
+
+def preset_changes(cfg: AuditConfig) -> list[tuple[str, Any]] | None:
+    """(dotted key, value) for every key where ``cfg`` differs from the shipped preset it is
+    named after, in the config's order; None when ``cfg.name`` is no shipped preset."""
+    preset = shipped_config(cfg.name)
+    if preset is None:
+        return None
+    mine, theirs = _flat(cfg.dump()), _flat(preset.dump())
+    return [(k, v) for k, v in mine.items()
+            if k.split(".")[0] not in NOT_CHOSEN and (k not in theirs or theirs[k] != v)]
+
+
+def describes(key: str) -> bool:
+    """Does a preset's description speak of ``key`` (``DESCRIBED``)?"""
+    return any(key == d or key.startswith(d + ".") for d in DESCRIBED)
+
+
+def preset_line(cfg: AuditConfig) -> str:
+    """The preset, its description when it still describes the audit, and every change to it."""
+    desc = cfg.description.strip()
+    changes = preset_changes(cfg)
+    if changes is None:  # a YAML of the user's: what came from --set is not known
+        return (f"- **preset**: {cfg.name}" + (f" ({desc})" if desc else "")
+                + "; not a shipped preset, so changes made with --set cannot be listed")
+    if not changes:
+        return f"- **preset**: {cfg.name}" + (f" ({desc})" if desc else "") + "; unchanged"
+    listed = ", ".join(f"{k}={setting(v)}" for k, v in changes)
+    if any(describes(k) for k, _ in changes):
+        return (f"- **preset**: {cfg.name}; changed from the preset: {listed} "
+                "(description omitted: the config differs from the preset)")
+    return f"- **preset**: {cfg.name}" + (f" ({desc})" if desc else "") + f"; changed from the preset: {listed}"
+
+
+def provenance_line(cfg: AuditConfig, provenance: Mapping[str, str] | None = None) -> str:
+    """When and by what the report was written, and the device and precision the audit trained with."""
+    p = dict(provenance or {})
+    if not {"date", "faeval_tui", "torch"} <= p.keys():  # what is not given is looked up
+        p = {**export_provenance(), **p}
+    return (f"- **exported**: {p['date']} by faeval-tui {p['faeval_tui']}, torch {p['torch']}; "
+            f"trained with device {cfg.device}, precision {cfg.precision}")
 
 
 def _cell(text: str) -> str:
@@ -27,7 +147,7 @@ def table_markdown(table: Table) -> str:
     lines = [f"## {table.title}", ""]
     if table.rows:
         lines.append("| " + " | ".join(_cell(h) for h in table.headers) + " |")
-        lines.append("|" + "|".join("---" for _ in table.headers) + "|")
+        lines.append("|" + "|".join("---:" if right else "---" for right in table.numeric()) + "|")
         lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in table.rows]
         lines.append("")
     lines += [f"_{_cell(note)}_" if not table.rows else f"- {note}" for note in table.notes]
@@ -50,8 +170,11 @@ def data_line(cfg: AuditConfig) -> str:
     return data + (", random targets" if cfg.random_targets else "")
 
 
-def header_markdown(cfg: AuditConfig, runs: Sequence[RunLike], name: str | None = None) -> str:
-    """What was audited: preset, data, model, methods, seeds, thresholds, run states."""
+def header_markdown(cfg: AuditConfig, runs: Sequence[RunLike], name: str | None = None,
+                    provenance: Mapping[str, str] | None = None) -> str:
+    """What was audited: when and by what it was exported, the preset and the changes to it,
+    data, model, methods, seeds, thresholds, run states. ``provenance``: {"date",
+    "faeval_tui", "torch"} instead of ``export_provenance()``'s (tests pin them)."""
     th = cfg.thresholds
     data = data_line(cfg)
     shape = image_shape(cfg)
@@ -66,7 +189,8 @@ def header_markdown(cfg: AuditConfig, runs: Sequence[RunLike], name: str | None 
     states = Counter(r.status for r in views(runs, cfg))
     lines = [
         f"# faeval audit: {name or cfg.name}", "",
-        f"- **preset**: {cfg.name}" + (f" ({cfg.description.strip()})" if cfg.description.strip() else ""),
+        provenance_line(cfg, provenance),
+        preset_line(cfg),
         f"- **data**: {data}",
         f"- **model{'s' if cfg.multi_model else ''}**: {model}; {cfg.epochs} epochs, batch "
         f"{cfg.batch_size}, lr {cfg.lr:g}, {cfg.schedule} schedule"
@@ -92,9 +216,10 @@ def render_tables(tables: Sequence[Table]) -> str:
     return "\n".join(table_markdown(t) for t in tables)
 
 
-def render_markdown(source: Source, cfg: AuditConfig | None = None) -> str:
+def render_markdown(source: Source, cfg: AuditConfig | None = None,
+                    provenance: Mapping[str, str] | None = None) -> str:
     """The whole report of an audit (or of in-memory runs) as one markdown document."""
     cfg = cfg or config_of(source)
     runs = views(source, cfg)
     name = getattr(getattr(source, "path", None), "name", None)
-    return header_markdown(cfg, runs, name) + "\n" + render_tables(audit_tables(runs, cfg))
+    return header_markdown(cfg, runs, name, provenance) + "\n" + render_tables(audit_tables(runs, cfg))

@@ -100,9 +100,62 @@ def console(ctx: typer.Context, preset: PresetOpt = None, set_: SetOpt = None,
         raise typer.Exit(code)  # the console crashed: its traceback is above
 
 
-@app.command()
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 3 when every run finished but at least one "
+                                         "ended WALKED BACK (a failed or stopped run still exits 1).")]
+OnAlertOpt = Annotated[Optional[str], typer.Option("--on-alert", metavar="CMD", help="Run CMD on every walk-back "
+                                                   "alert with the alert as JSON on stdin; split like a shell "
+                                                   "would, run without one; output to <audit>/hooks.log.")]
+EXIT_CODES = ("Exit codes: 0 every run finished; 1 a run failed, diverged or was stopped (resume it); 2 an "
+              "error the message names (bad input is refused before anything is written); 3 with --strict, "
+              "every run finished and at least one ended WALKED BACK. 1 wins over 3.")
+EXIT_WALKED_BACK = 3
+
+
+def _alert_hook(command: str | None):
+    """--on-alert's command as an argument list, checked before anything is written."""
+    if command is None:
+        return None
+    from engine.hooks import parse_command
+
+    return parse_command(command)
+
+
+def _finish(audit, shown: Path, statuses: dict[str, str], strict: bool) -> None:
+    """Print the audit directory (``shown``) and exit with the code ``EXIT_CODES`` documents."""
+    typer.echo(str(shown))
+    unfinished = any(s != "finished" for s in statuses.values())
+    if strict:
+        from engine.tables import audit_views
+
+        back = [(v.log.run_id, v.verdict.label) for v in audit_views(audit) if v.verdict.walked_back]
+        summary = ", ".join(f"{rid} ({label})" for rid, label in back)
+        typer.echo(f"strict: {len(back)} run{'s' if len(back) != 1 else ''} walked back" +
+                   (f": {summary}" if back else ""), err=True)
+        if back and not unfinished:
+            raise typer.Exit(EXIT_WALKED_BACK)
+    if unfinished:
+        raise typer.Exit(1)
+
+
+def _train(audit, task, argv: list[str] | None) -> dict[str, str]:
+    """run_headless with --on-alert's hook, waiting for the hook's calls still running at the end."""
+    from .headless import run_headless
+
+    if argv is None:
+        return run_headless(audit, task)
+    from engine.hooks import AlertHook
+
+    hook = AlertHook(argv, audit.path)
+    try:
+        return run_headless(audit, task, on_alert=hook)
+    finally:
+        hook.close()
+
+
+@app.command(epilog=EXIT_CODES)
 def run(preset: PresetOpt = None, set_: SetOpt = None, runs_dir: RunsDirOpt = Path("runs"),
-        device: DeviceOpt = None, data_dir: DataDirOpt = None, debug: DebugOpt = False) -> None:
+        device: DeviceOpt = None, data_dir: DataDirOpt = None, strict: StrictOpt = False,
+        on_alert: OnAlertOpt = None, debug: DebugOpt = False) -> None:
     """Run an audit headless with a progress display; prints the audit directory."""
     global _debug
     _debug = _debug or debug
@@ -111,40 +164,35 @@ def run(preset: PresetOpt = None, set_: SetOpt = None, runs_dir: RunsDirOpt = Pa
     from engine.data import load_task, pin_data_source
     from engine.device import training_device
 
-    from .headless import run_headless
-
     try:
+        argv = _alert_hook(on_alert)
         cfg = load_config(preset, _sets(set_, device, data_dir))
         # device and data are checked before the audit directory exists: a refusal leaves nothing behind
         training_device(cfg)
         task = load_task(cfg)  # on the CPU: the runner places it (each worker process moves its own)
         pin_data_source(cfg, task)  # an npz file's absolute path and SHA-256 go into config.yaml
         audit = Audit.create(cfg, runs_dir)
-        statuses = run_headless(audit, task)
+        statuses = _train(audit, task, argv)
     except FaevalError as err:
         fail(err)
-    typer.echo(str(audit.path))
-    if any(s != "finished" for s in statuses.values()):
-        raise typer.Exit(1)
+    _finish(audit, audit.path, statuses, strict)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def resume(audit_dir: Annotated[Path, typer.Argument(help="Audit directory to continue.")],
-           debug: DebugOpt = False) -> None:
+           strict: StrictOpt = False, on_alert: OnAlertOpt = None, debug: DebugOpt = False) -> None:
     """Continue every unfinished run of an audit from its last checkpoint."""
     global _debug
     _debug = _debug or debug
     from engine.audit import Audit
 
-    from .headless import run_headless
-
     try:
-        statuses = run_headless(Audit.open(audit_dir))
+        argv = _alert_hook(on_alert)
+        audit = Audit.open(audit_dir)
+        statuses = _train(audit, None, argv)
     except FaevalError as err:
         fail(err)
-    typer.echo(str(audit_dir))
-    if any(s != "finished" for s in statuses.values()):
-        raise typer.Exit(1)
+    _finish(audit, audit_dir, statuses, strict)
 
 
 @app.command()
@@ -175,30 +223,40 @@ def presets() -> None:
         typer.echo(f"{name:<{width}}  {desc}")
 
 
+EXPORT_FORMATS = ("markdown", "json", "latex")
+
+
 @app.command()
 def export(audit_dir: Annotated[Path, typer.Argument(help="Audit directory.")],
-           format_: Annotated[str, typer.Option("--format", "-f", help="markdown (the report) or json "
-                                                "(runs, final records, verdicts and the tables' data)")] = "markdown",
+           format_: Annotated[str, typer.Option("--format", "-f", help="markdown (the report), json (runs, final "
+                                                "records, verdicts and the tables' data) or latex (booktabs "
+                                                "tables to \\input into a paper)")] = "markdown",
            out: Annotated[Optional[Path], typer.Option("--out", "-o",
                                                        help="Write to this file instead of stdout.")] = None,
            debug: DebugOpt = False) -> None:
-    """Export an audit's report: every table as markdown (default), or the runs and tables as JSON."""
+    """Export an audit's report: every table as markdown (default) or LaTeX, or the runs and tables as JSON."""
     global _debug
     _debug = _debug or debug
     from engine.audit import Audit
+    from engine.latex import render_latex
     from engine.markdown import render_markdown
     from engine.report import export_json
     from engine.runstore import atomic_write_bytes
 
     try:
-        if format_ not in ("markdown", "json"):
-            raise FaevalError(f"unknown export format {format_!r}", "use --format markdown or --format json")
+        if format_ not in EXPORT_FORMATS:
+            raise FaevalError(f"unknown export format {format_!r}",
+                              "use --format markdown, --format json or --format latex")
         audit = Audit.open(audit_dir)
         for log in audit.logs():
             for problem in log.problems:  # also in the report; said here so a script sees it
                 typer.echo(f"warning: {problem}", err=True)
-        text = (render_markdown(audit) if format_ == "markdown"
-                else json.dumps(export_json(audit), indent=2, allow_nan=False) + "\n")
+        if format_ == "markdown":
+            text = render_markdown(audit)
+        elif format_ == "latex":
+            text = render_latex(audit)
+        else:
+            text = json.dumps(export_json(audit), indent=2, allow_nan=False) + "\n"
         if out is None:
             sys.stdout.write(text)
         else:

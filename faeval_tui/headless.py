@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -17,7 +18,7 @@ from engine.events import BatchProgress, EpochDone, Event, RunEnded, RunStarted
 from engine.fmt import duration
 from engine.records import Epoch
 from engine.scheduler import AuditRunner
-from engine.verdicts import verdict
+from engine.verdicts import Alert, verdict
 
 
 def _line(run_id: str, rec: Epoch) -> str:
@@ -37,7 +38,11 @@ def _time_left(audit: Audit) -> str:
     return f"{ended} of {len(runs)} runs ended · about {duration(left)} left"
 
 
-def run_headless(audit: Audit, task: TaskData | None = None) -> dict[str, str]:
+def run_headless(audit: Audit, task: TaskData | None = None,
+                 on_alert: Callable[[Alert], None] | None = None) -> dict[str, str]:
+    """Train every unfinished run of ``audit``; run_id → final status. ``on_alert`` is called
+    with each walk-back alert as it is raised (``--on-alert``'s ``AlertHook``: it returns at
+    once), from the training threads."""
     console = Console(stderr=True)
     tty = console.is_terminal
     lock = threading.Lock()
@@ -68,6 +73,12 @@ def run_headless(audit: Audit, task: TaskData | None = None) -> dict[str, str]:
                     print(_line(event.run_id, event.record), flush=True)
                     for alert in event.alerts:
                         print(f"WALK BACK {alert.text}", flush=True)
+                if on_alert is not None:
+                    for alert in event.alerts:
+                        try:
+                            on_alert(alert)
+                        except Exception as err:  # noqa: BLE001 - a hook never stops training
+                            print(f"warning: --on-alert: {err}", file=sys.stderr, flush=True)
             elif isinstance(event, RunEnded):
                 msg = f"{event.run_id:<22} {event.status}" + (f": {event.message}" if event.message else "")
                 left = _time_left(audit)

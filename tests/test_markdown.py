@@ -28,6 +28,8 @@ from faeval_tui.cli import app
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("FAEVAL_REGEN_GOLDEN") == "1"
+# the export time and versions the goldens show (the real ones change with every export and install)
+PINNED = {"date": "2026-01-01T00:00:00+00:00", "faeval_tui": "0.0.0-golden", "torch": "0.0.0-golden"}
 
 
 def check_golden(name: str, text: str) -> None:
@@ -77,13 +79,13 @@ def assert_tables_parse(text: str, tables: list[Table]) -> None:
 # ---- goldens and structure ---------------------------------------------------------------
 
 def test_markdown_golden_of_the_main_audit(main_audit):  # noqa: F811
-    text = render_markdown(main_audit)
+    text = render_markdown(main_audit, provenance=PINNED)
     check_golden("main_audit.md", text)
     assert_tables_parse(text, audit_tables(main_audit))
 
 
 def test_markdown_golden_of_the_edge_audit_with_nan_running_failed_and_single_seed(edge_audit):  # noqa: F811
-    text = render_markdown(edge_audit)
+    text = render_markdown(edge_audit, provenance=PINNED)
     check_golden("edge_audit.md", text)
     assert_tables_parse(text, audit_tables(edge_audit))
     assert "failed at epoch 1/4: RuntimeError: shape \\| mismatch" in text  # the pipe is escaped, not a cell break
@@ -108,6 +110,101 @@ def test_header_says_when_the_steps_ran_in_bfloat16(main_audit):  # noqa: F811
     bf16 = header_markdown(main_audit.cfg.model_copy(update={"precision": "bf16"}), runs)
     assert "bfloat16" not in fp32
     assert "cosine schedule; training steps in bfloat16 (autocast), every measurement in float32\n" in bf16
+
+
+def test_numeric_columns_are_right_aligned_and_text_columns_left(main_audit):  # noqa: F811
+    text = render_markdown(main_audit, provenance=PINNED)
+    aligned = {}
+    for table in audit_tables(main_audit):
+        block = text.split(f"## {table.title}\n\n", 1)[1].splitlines()
+        aligned.update(zip(table.headers, block[1].strip("|").split("|")))
+    assert {h for h, a in aligned.items() if a == "---"} == {
+        "method", "status", "verdict", "first fire (epoch, per seed)", "run", "S0 acc", "S1 acc+Γ", "S2 S1+(a)",
+        "S3 S1+(b)", "S4 S1+(c)", "S5 S1+(d)", "S_full", "diagnostic", "fires when",
+        "thresholds keeping every verdict", "reading"}
+    assert {h for h, a in aligned.items() if a == "---:"} == {
+        "λ", "n", "acc %", "gap pp", "Γ", "deep cos", "deep ρ", "‖h_L‖", "‖g_L‖", "max growth", "stability", "layer",
+        "cos_l ± std (over seeds)", "null band", "z vs null", "ρ_l", "‖h_l‖", "‖g_l‖", "‖a_l‖", "healthy runs",
+        "degenerate runs", "healthy edge", "degenerate edge", "gap ratio"}
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)  # and a GitHub renderer reads it so
+    first = [t.attrGet("style") for t in tokens if t.type == "th_open"][:6]
+    assert first == [None, "text-align:right", "text-align:right", None, "text-align:right", "text-align:right"]
+
+
+def test_a_column_of_dashes_is_numeric_unless_it_holds_words():
+    from engine.tables.cells import numeric_cell, numeric_column
+
+    for cell in ("0.143 ± 0 †", "nan (n=1) †", "0.0750 (n=1) ‡", "0.300 ± 0.283 drift 1/2", "0.100 (n=1) unknown",
+                 "-0.875 (noise)", "+24.00 ± 0.00", "1e-05", "−inf", "9.81e4 ± 1.16e5"):
+        assert numeric_cell(cell), cell
+    for cell in ("ok", "1 of 10", "[2.00, 90.0)", "growth > 50.0", "(a) 3, 3", "TRUSTWORTHY"):
+        assert not numeric_cell(cell), cell
+    assert numeric_column("gap pp", ["—", "—"]) and not numeric_column("verdict", ["—"])
+    assert numeric_column("acc %", ["52.00", ""]) and not numeric_column("S0 acc", ["ok", "0 of 10"])
+
+
+# ---- the header: provenance and the changes to the preset --------------------------------
+
+def header_line(text: str, key: str) -> str:
+    [line] = [line for line in text.splitlines() if line.startswith(f"- **{key}**: ")]
+    return line
+
+
+def test_changing_a_set_changes_the_header(tmp_path):
+    plain = Audit.create(load_config("synthetic_default", ["device=cpu"]), tmp_path / "a")
+    longer = Audit.create(load_config("synthetic_default", ["device=cpu", "epochs=3", "seeds=[5]"]), tmp_path / "b")
+    desc = load_config("synthetic_default").description
+    assert header_line(render_markdown(plain, provenance=PINNED), "preset") == (
+        f"- **preset**: synthetic_default ({desc}); changed from the preset: device=cpu")
+    assert header_line(render_markdown(longer, provenance=PINNED), "preset") == (
+        "- **preset**: synthetic_default; changed from the preset: epochs=3, seeds=[5], device=cpu "
+        "(description omitted: the config differs from the preset)")
+
+
+def test_an_unchanged_preset_says_so_and_keeps_its_description(tmp_path):
+    audit = Audit.create(load_config("synthetic_default"), tmp_path)
+    desc = load_config("synthetic_default").description
+    assert header_line(render_markdown(audit, provenance=PINNED), "preset") == (
+        f"- **preset**: synthetic_default ({desc}); unchanged")
+
+
+def test_the_description_goes_whenever_what_it_describes_changed():
+    from engine.markdown import DESCRIBED, preset_line
+
+    cfg = load_config("synthetic_default")
+    for key, value in (("methods", ["bp"]), ("seeds", [1]), ("epochs", 1), ("d", 8), ("L", 2), ("dataset", "digits"),
+                       ("model", "mlp"), ("terminal_ln", False), ("penalties", [0.01])):
+        assert key in DESCRIBED
+        line = preset_line(cfg.model_copy(update={key: value}))
+        assert cfg.description not in line and "(description omitted: the config differs from the preset)" in line
+    changed = cfg.model_copy(update={"synthetic": cfg.synthetic.model_copy(update={"n_train": 1024})})
+    assert "synthetic.n_train=1024" in preset_line(changed) and cfg.description not in preset_line(changed)
+    kept = cfg.model_copy(update={"workers": 3, "precision": "bf16",
+                                  "thresholds": cfg.thresholds.model_copy(update={"growth": 1e-7})})
+    assert preset_line(kept) == (f"- **preset**: synthetic_default ({cfg.description}); changed from the preset: "
+                                 "precision=bf16, workers=3, thresholds.growth=1e-07")
+
+
+def test_the_provenance_line_names_the_time_the_versions_the_device_and_the_precision(main_audit, monkeypatch):  # noqa: F811
+    import importlib.metadata
+
+    import torch
+
+    monkeypatch.setenv("FAEVAL_EXPORT_TIME", "2026-05-04T10:00:00+00:00")
+    cfg = main_audit.cfg.model_copy(update={"device": "cpu", "precision": "bf16"})
+    assert header_line(render_markdown(main_audit, cfg), "exported") == (
+        f"- **exported**: 2026-05-04T10:00:00+00:00 by faeval-tui {importlib.metadata.version('faeval-tui')}, "
+        f"torch {torch.__version__}; trained with device cpu, precision bf16")
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    monkeypatch.delenv("FAEVAL_EXPORT_TIME")
+    line = header_line(render_markdown(main_audit), "exported")
+    assert " by faeval-tui unknown, torch " in line and "trained with device auto, precision fp32" in line
+    stamp = line.removeprefix("- **exported**: ").split(" ")[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", stamp)  # UTC, ISO 8601, the clock's
 
 
 def test_an_empty_table_renders_its_note_instead_of_a_table():
@@ -236,8 +333,10 @@ def test_real_audit_strategies_and_sensitivity_agree_with_the_json_runs(real_exp
 
 
 def test_export_writes_markdown_to_a_file_with_out(real_export, tmp_path):
-    audit, md, _ = real_export
+    audit, _, _ = real_export
     out = tmp_path / "report.md"
-    result = CliRunner().invoke(app, ["export", str(audit.path), "--out", str(out)])
+    env = {"FAEVAL_EXPORT_TIME": "2026-01-01T00:00:00+00:00"}  # the two exports must not straddle a second
+    md = CliRunner().invoke(app, ["export", str(audit.path)], env=env).stdout
+    result = CliRunner().invoke(app, ["export", str(audit.path), "--out", str(out)], env=env)
     assert result.exit_code == 0 and out.read_text(encoding="utf-8") == md
     assert md.startswith(f"# faeval audit: {audit.path.name}\n")

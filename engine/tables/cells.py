@@ -6,6 +6,7 @@ cell needs on top of that.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,27 @@ def mark(cell: str, flag: bool, symbol: str) -> str:
     return f"{cell} {symbol}" if flag and cell != DASH else cell
 
 
+# a number as ``fmt.num``/``pct``/``pp`` print it, optionally "± std", then what a cell adds
+# behind it: "(n=k)", the † and ‡ markers, (c)'s sub-mode ("noise", "drift 1/3", "(noise)")
+_NUMBER = r"[+\-−]?(?:\d+(?:\.\d*)?(?:e[+\-]?\d+)?|nan|inf)"
+_NUMERIC_CELL = re.compile(rf"{_NUMBER}(?: ± {_NUMBER})?(?: \(n=\d+\))?(?: (?:noise|drift(?: \d+/\d+)?|unknown|"
+                           rf"\(noise\)))?(?: [{DAGGER}{STALE}])*")
+# columns of words whatever their cells hold (a "status" or "verdict" column of dashes is still text)
+TEXT_COLUMNS = frozenset({"model", "method", "run", "status", "verdict", "diagnostic", "fires when", "reading",
+                          "first fire (epoch, per seed)"})
+
+
+def numeric_cell(cell: str) -> bool:
+    """A cell that shows a number (with its ± std, "(n=k)", markers and sub-mode label)."""
+    return _NUMERIC_CELL.fullmatch(cell) is not None
+
+
+def numeric_column(header: str, cells: Iterable[str]) -> bool:
+    """Right-aligned in the markdown and LaTeX exports: every cell a number, "—" or empty,
+    and the header not one of ``TEXT_COLUMNS``."""
+    return header not in TEXT_COLUMNS and all(c in (DASH, "") or numeric_cell(c) for c in cells)
+
+
 @dataclass
 class Table:
     """A titled grid of text cells, with notes below it and the raw numbers per row."""
@@ -76,6 +98,10 @@ class Table:
     rows: list[list[str]]
     notes: list[str] = field(default_factory=list)
     data: list[dict[str, Any]] = field(default_factory=list)
+
+    def numeric(self) -> list[bool]:
+        """Per column: does it hold numbers (``numeric_column``)? Exports right-align those."""
+        return [numeric_column(h, [row[i] for row in self.rows if i < len(row)]) for i, h in enumerate(self.headers)]
 
     def to_json(self) -> dict[str, Any]:
         return encode({"key": self.key, "title": self.title, "headers": self.headers, "rows": self.rows,
