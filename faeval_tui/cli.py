@@ -267,6 +267,24 @@ def export(audit_dir: Annotated[Path, typer.Argument(help="Audit directory.")],
 
 
 @app.command()
+def figures(audit_dir: Annotated[Path, typer.Argument(help="Audit directory.")],
+            out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Directory for the figures "
+                                                        "(default: <audit>/figures).")] = None,
+            format_: Annotated[str, typer.Option("--format", "-f", help="svg, pdf or png")] = "png",
+            debug: DebugOpt = False) -> None:
+    """Draw an audit's figures for a paper (matplotlib), each with the CSV of the numbers it plots."""
+    global _debug
+    _debug = _debug or debug
+    from engine.figures import write_figures
+
+    try:
+        for path in write_figures(audit_dir, out, format_):
+            typer.echo(str(path))
+    except FaevalError as err:
+        fail(err)
+
+
+@app.command()
 def bench(json_: Annotated[Optional[Path], typer.Option("--json", help="Write every figure to this JSON file.")] = None,
           markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the tables as markdown.")] = None,
           quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes: checks the benchmark runs, "

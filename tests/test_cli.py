@@ -11,7 +11,7 @@ import faeval_tui.app
 from faeval_tui.cli import app
 
 cli = CliRunner()
-SUBCOMMANDS = ("run", "resume", "watch", "presets", "export", "bench")
+SUBCOMMANDS = ("run", "resume", "watch", "presets", "export", "figures", "bench")
 
 
 def invoke(*args: str):
