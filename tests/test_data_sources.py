@@ -417,3 +417,12 @@ async def test_the_console_refuses_a_bad_npz_before_creating_the_audit_and_pins_
         await until(pilot, lambda: bool(app.state.runs) and not app.state.active())
     (config,) = runs.glob("*/config.yaml")
     assert yaml.safe_load(config.read_text())["data_sha256"] == sha256(good)
+
+
+def test_the_class_count_the_tables_and_charts_use_is_the_npz_files_own(tmp_path: Path) -> None:
+    from engine.tables import n_classes
+
+    arrays = good_arrays(n_train=300, n_test=40, dim=12, classes=4)
+    path = save(tmp_path / "four.npz", **arrays, n_classes=np.array(7))
+    assert n_classes(load_config(None, ["dataset=npz", f"data_path={path}"])) == 7  # not synthetic.classes (10)
+    assert n_classes(load_config(None, ["dataset=digits"])) == 10

@@ -109,7 +109,11 @@ def views(source: Source, cfg: AuditConfig) -> list[RunView]:
 
 
 def n_classes(cfg: AuditConfig) -> int:
-    return {"cifar10": 10, "cifar100": 100}.get(cfg.dataset, cfg.synthetic.classes)
+    """The task's class count, without loading it (an npz file's from its arrays' headers)."""
+    from ..userdata import task_dims
+
+    dims = task_dims(cfg)
+    return dims[1] if dims else cfg.synthetic.classes
 
 
 def model_of(run: RunView) -> str | None:
