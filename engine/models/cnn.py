@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import _conv, _linear
+from .layers import Stack, _conv, _linear
 from .specs import cnn_channels, cnn_pools, cnn_state_shapes
 
 
@@ -45,7 +45,7 @@ class FCBlock(nn.Module):
         return F.relu(self.fc(h.flatten(1)))
 
 
-class CNN(nn.Module):
+class CNN(Stack, nn.Module):
     """h_0 = stem(x); h_l = block_l(h_{l-1}) (conv blocks, then the FC block); z = H · LN_out(h_L)."""
 
     residual = False
@@ -77,25 +77,5 @@ class CNN(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         return self.stem(x.reshape(x.shape[0], *self.image_shape))
 
-    def hidden_states(self, x: Tensor, detach_inputs: bool = False) -> tuple[list[Tensor], list[Tensor]]:
-        h = self.embed(x)
-        hs = [h]
-        for block in self.blocks:
-            h = block(h.detach() if detach_inputs else h)
-            hs.append(h)
-        return hs, hs[1:]
-
-    def forward_from(self, layer: int, h: Tensor) -> Tensor:
-        for block in self.blocks[layer:]:
-            h = block(h)
-        return self.head(self.ln_out(h))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_from(0, self.embed(x))
-
-    def block_parameters(self, layer: int) -> list[nn.Parameter]:
-        module = self.stem if layer == 0 else self.blocks[layer - 1]
-        return list(module.parameters())
-
-    def readout_parameters(self) -> list[nn.Parameter]:
-        return list(self.ln_out.parameters()) + list(self.head.parameters())
+    def embedding(self) -> nn.Module:
+        return self.stem

@@ -52,3 +52,44 @@ def gelu(x: Tensor) -> Tensor:
 
 
 _SQRT_HALF = 0.7071067811865476
+
+
+class Stack:
+    """The Auditable methods every network here shares, written once: an embedding
+    (``embed``, whose parameters ``embedding()`` holds), ``blocks`` that are residual
+    (h_l = h_{l−1} + f_l) or not (h_l = f_l), and a readout (``ln_out``, ``head``; a model
+    reading one token overrides ``readout``). Mixed in before ``nn.Module``."""
+
+    residual: bool
+
+    def embedding(self) -> nn.Module:
+        return self.embed
+
+    def readout(self, h: Tensor) -> Tensor:
+        return self.head(self.ln_out(h))
+
+    def hidden_states(self, x: Tensor, detach_inputs: bool = False) -> tuple[list[Tensor], list[Tensor]]:
+        h = self.embed(x)
+        hs, fs = [h], []
+        for block in self.blocks:
+            h_in = h.detach() if detach_inputs else h
+            f = block(h_in)
+            h = h_in + f if self.residual else f
+            hs.append(h)
+            fs.append(f)
+        return hs, fs
+
+    def forward_from(self, layer: int, h: Tensor) -> Tensor:
+        for block in self.blocks[layer:]:
+            h = h + block(h) if self.residual else block(h)
+        return self.readout(h)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_from(0, self.embed(x))
+
+    def block_parameters(self, layer: int) -> list[nn.Parameter]:
+        module = self.embedding() if layer == 0 else self.blocks[layer - 1]
+        return list(module.parameters())
+
+    def readout_parameters(self) -> list[nn.Parameter]:
+        return list(self.ln_out.parameters()) + list(self.head.parameters())

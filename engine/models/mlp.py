@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import _linear
+from .layers import Stack, _linear
 
 
 class ReLULayer(nn.Module):
@@ -23,7 +23,7 @@ class ReLULayer(nn.Module):
         return F.relu(self.fc(h))
 
 
-class MLP(nn.Module):
+class MLP(Stack, nn.Module):
     """h_0 = W_0 x + b_0; h_l = ReLU(W_l h_{l-1} + b_l); z = H · LN_out(h_L)."""
 
     residual = False
@@ -40,26 +40,3 @@ class MLP(nn.Module):
         self.blocks = nn.ModuleList(ReLULayer(d, d, gen) for _ in range(L))
         self.ln_out: nn.Module = nn.LayerNorm(d) if terminal_ln else nn.Identity()
         self.head = _linear(d, n_classes, gen)
-
-    def hidden_states(self, x: Tensor, detach_inputs: bool = False) -> tuple[list[Tensor], list[Tensor]]:
-        h = self.embed(x)
-        hs = [h]
-        for block in self.blocks:
-            h = block(h.detach() if detach_inputs else h)
-            hs.append(h)
-        return hs, hs[1:]
-
-    def forward_from(self, layer: int, h: Tensor) -> Tensor:
-        for block in self.blocks[layer:]:
-            h = block(h)
-        return self.head(self.ln_out(h))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_from(0, self.embed(x))
-
-    def block_parameters(self, layer: int) -> list[nn.Parameter]:
-        module = self.embed if layer == 0 else self.blocks[layer - 1]
-        return list(module.parameters())
-
-    def readout_parameters(self) -> list[nn.Parameter]:
-        return list(self.ln_out.parameters()) + list(self.head.parameters())

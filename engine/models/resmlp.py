@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .layers import _linear, gelu
+from .layers import Stack, _linear, gelu
 
 __all__ = ["Block", "ResMLP", "_linear", "gelu"]
 
@@ -26,7 +26,7 @@ class Block(nn.Module):
         return self.fc2(gelu(self.fc1(self.ln(h))))
 
 
-class ResMLP(nn.Module):
+class ResMLP(Stack, nn.Module):
     """h_0 = E x + b; h_l = h_{l-1} + f_l(h_{l-1}); z = H · LN_out(h_L) (LN_out optional)."""
 
     residual = True
@@ -44,29 +44,3 @@ class ResMLP(nn.Module):
         self.blocks = nn.ModuleList(Block(d, hidden, gen) for _ in range(L))
         self.ln_out: nn.Module = nn.LayerNorm(d) if terminal_ln else nn.Identity()
         self.head = _linear(d, n_classes, gen)
-
-    def hidden_states(self, x: Tensor, detach_inputs: bool = False) -> tuple[list[Tensor], list[Tensor]]:
-        h = self.embed(x)
-        hs, fs = [h], []
-        for block in self.blocks:
-            h_in = h.detach() if detach_inputs else h
-            f = block(h_in)
-            h = h_in + f
-            hs.append(h)
-            fs.append(f)
-        return hs, fs
-
-    def forward_from(self, layer: int, h: Tensor) -> Tensor:
-        for block in self.blocks[layer:]:
-            h = h + block(h)
-        return self.head(self.ln_out(h))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_from(0, self.embed(x))
-
-    def block_parameters(self, layer: int) -> list[nn.Parameter]:
-        module = self.embed if layer == 0 else self.blocks[layer - 1]
-        return list(module.parameters())
-
-    def readout_parameters(self) -> list[nn.Parameter]:
-        return list(self.ln_out.parameters()) + list(self.head.parameters())

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import _embedding, _linear, gelu
+from .layers import Stack, _embedding, _linear, gelu
 from .specs import hidden_width
 
 
@@ -78,7 +78,7 @@ class ViTBlock(nn.Module):
         return a + self.fc2(gelu(self.fc1(self.ln2(h + a))))
 
 
-class ViTMini(nn.Module):
+class ViTMini(Stack, nn.Module):
     """h_0 = patch tokens + cls + positions; h_l = h_{l-1} + f_l; z = H · LN_out(h_L[:, 0])."""
 
     residual = True
@@ -101,28 +101,5 @@ class ViTMini(nn.Module):
         self.ln_out: nn.Module = nn.LayerNorm(d) if terminal_ln else nn.Identity()
         self.head = _linear(d, n_classes, gen)
 
-    def hidden_states(self, x: Tensor, detach_inputs: bool = False) -> tuple[list[Tensor], list[Tensor]]:
-        h = self.embed(x)
-        hs, fs = [h], []
-        for block in self.blocks:
-            h_in = h.detach() if detach_inputs else h
-            f = block(h_in)
-            h = h_in + f
-            hs.append(h)
-            fs.append(f)
-        return hs, fs
-
-    def forward_from(self, layer: int, h: Tensor) -> Tensor:
-        for block in self.blocks[layer:]:
-            h = h + block(h)
-        return self.head(self.ln_out(h[:, 0]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_from(0, self.embed(x))
-
-    def block_parameters(self, layer: int) -> list[nn.Parameter]:
-        module = self.embed if layer == 0 else self.blocks[layer - 1]
-        return list(module.parameters())
-
-    def readout_parameters(self) -> list[nn.Parameter]:
-        return list(self.ln_out.parameters()) + list(self.head.parameters())
+    def readout(self, h: Tensor) -> Tensor:
+        return self.head(self.ln_out(h[:, 0]))  # the cls token
