@@ -23,12 +23,12 @@ from engine.plan import RunSpec, run_id
 from engine.runstore import atomic_write_bytes
 
 from .charts import ChartGrid, Legend
-from .dialogs import ErrorScreen, HelpScreen, QuitDialog, RerunDialog, RerunRequest, ResumeDialog
+from .dialogs import ErrorScreen, HelpScreen, QuitDialog, RerunDialog, RerunRequest, ResumeDialog, legend_rows
 from .feeds import FileFeed, LiveFeed, resumable_audits
 from .inspector import InspectorScreen
 from .live import LiveMixin
 from .runlist import AlertLog, RunTable
-from .state import AuditState
+from .state import ENDED, AuditState
 
 REPORT = "report.md"
 
@@ -38,15 +38,19 @@ class FaevalApp(LiveMixin, App[None]):
     TITLE = "faeval-tui"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+    # tooltip: what the help screen says of a key (the footer has room for a word only)
     BINDINGS = [
-        Binding("i", "inspect", "Inspect"),
-        Binding("p", "rerun", "Rerun λ"),
-        Binding("v", "verdicts", "Verdicts"),
-        Binding("e", "export", "Export"),
-        Binding("c", "next_chart", "Chart"),
-        Binding("g", "toggle_grid", "Grid"),
-        Binding("question_mark", "help", "Help"),
-        Binding("q", "quit", "Quit"),
+        Binding("i", "inspect", "Inspect", tooltip="layer inspector: every per-layer value of the selected run"),
+        Binding("p", "rerun", "Rerun λ", tooltip="penalty reruns of the selected run (λ·Σ‖f_l‖²); "
+                "not in watch, which is read-only"),
+        Binding("v", "verdicts", "Verdicts", tooltip="the audit's tables, as the markdown export has them"),
+        Binding("e", "export", "Export", tooltip="write report.md into the audit directory and copy it"),
+        Binding("c", "next_chart", "Chart", tooltip="next chart, when one is shown at a time"),
+        Binding("g", "toggle_grid", "Grid", tooltip="the four charts as a 2×2 grid or one at a time"),
+        Binding("h", "toggle_growth", "Growth", show=False,
+                tooltip="first chart: ‖h_L‖ or growth max ‖h_l‖/‖h_l−1‖, the value (a) fires on"),
+        Binding("question_mark", "help", "Help", tooltip="this screen"),
+        Binding("q", "quit", "Quit", tooltip="quit; asks first while runs train (each keeps its checkpoint)"),
         Binding("ctrl+q", "quit", "Quit", show=False),
     ]
     NAVIGATION = [("up,down", "", "select a run: it is highlighted in every chart"),
@@ -91,7 +95,7 @@ class FaevalApp(LiveMixin, App[None]):
     def on_mount(self) -> None:
         self.query_one(RunTable).focus()
         if self.watching is not None:
-            self.mode = "watch (read-only)"
+            self.mode = "watch"
             self.file_feed = FileFeed(self.watching, self.state)
             self.file_feed.poll()  # the history: into the alert log, no toasts
             self.set_interval(self.poll_s, self._poll_files)
@@ -133,10 +137,19 @@ class FaevalApp(LiveMixin, App[None]):
             self.sub_title = self._subtitle()
         self._seen = (st.version, st.epoch_version, self.selected)
 
+    def format_title(self, title: str, sub_title: str):
+        """Below 100 columns the header is the subtitle alone: the audit's name must not be cut."""
+        if sub_title and self.size.width < 100:
+            return super().format_title(sub_title, "")
+        return super().format_title(title, sub_title)
+
     def _subtitle(self) -> str:
-        """Mode and audit, and while runs train, when the last verdict should be in."""
+        """What training is doing (live, finished, stopped), the audit, and while runs train,
+        when the last verdict should be in."""
         st = self.state
         text = self.mode
+        if self.mode in ("live", "resumed", "watch") and st.runs:
+            text = ("watch · " if self.mode == "watch" else "") + st.outcome()
         if st.live:
             runs = [(v.spec.method, v.log, v.status(True)) for v in st.ordered()]
             left = remaining_seconds(runs, st.cfg.workers, st.cfg.epochs)
@@ -164,8 +177,6 @@ class FaevalApp(LiveMixin, App[None]):
         """Main-screen keys are hidden while another screen is up (the inspector has its own)."""
         if action in self.MAIN_ONLY and len(self.screen_stack) > 1:
             return False
-        if action == "rerun" and self.live_feed is None:
-            return None  # shown greyed: watch is read-only
         return True
 
     def action_inspect(self) -> None:
@@ -173,6 +184,11 @@ class FaevalApp(LiveMixin, App[None]):
             self.notify("no run selected", severity="warning")
             return
         self.push_screen(InspectorScreen(self.selected))
+
+    def action_toggle_growth(self) -> None:
+        self.notify(f"first chart: {self.query_one(ChartGrid).toggle_growth()}", timeout=2)
+        self._seen = (self._seen[0], -1, self._seen[2])  # redraw the charts now
+        self.flush()
 
     def action_next_chart(self) -> None:
         self.notify(f"chart: {self.query_one(ChartGrid).cycle()}", timeout=2)
@@ -189,7 +205,8 @@ class FaevalApp(LiveMixin, App[None]):
         self.push_screen(HelpScreen([("console", self.NAVIGATION + self.BINDINGS),
                                      ("layer inspector (i)", InspectorScreen.BINDINGS),
                                      ("penalty reruns (p)", RerunDialog.BINDINGS),
-                                     ("verdicts (v)", VerdictScreen.BINDINGS)]))
+                                     ("verdicts (v)", VerdictScreen.BINDINGS)],
+                                    legend_rows(self.cfg.thresholds)))
 
     def action_verdicts(self) -> None:
         from .verdict_view import VerdictScreen
@@ -216,8 +233,10 @@ class FaevalApp(LiveMixin, App[None]):
     def action_rerun(self) -> None:
         view = self.state.runs.get(self.selected or "")
         if self.watching is not None or self.live_feed is None:
-            self.notify("read-only: start penalty reruns from the console that trains this audit",
-                        severity="warning")
+            why = ("watch is read-only: start penalty reruns from the console that trains this audit, or "
+                   "with `faeval-tui run --set 'penalties=[…]'`" if self.watching is not None
+                   else "nothing trains here now (training could not start)")
+            self.notify(why, severity="warning", timeout=8)
             return
         if view is None:
             self.notify("no run selected", severity="warning")
@@ -282,12 +301,23 @@ class FaevalApp(LiveMixin, App[None]):
         self.exit()
 
 
+def resume_hint(state: AuditState, path: Path) -> str | None:
+    """What to run to finish the audit, when runs are left unfinished (None when none are)."""
+    left = [v.run_id for v in state.runs.values() if v.status(False) not in ENDED]
+    if not left:
+        return None
+    return f"{len(left)} run(s) unfinished; continue with: faeval-tui resume {path}"
+
+
 def launch(cfg: AuditConfig, runs_dir: Path | str, bell: bool = True) -> int:
     """Open the console on a new (or resumed) audit of ``cfg``."""
     app = FaevalApp(cfg=cfg, runs_dir=Path(runs_dir), bell=bell)
     app.run()
     if app.audit is not None:
         print(f"audit directory: {app.audit.path}")
+        hint = resume_hint(app.state, app.audit.path)
+        if hint and app.failure is None:  # as `faeval-tui run` says when stopped
+            print(hint)
     if app.failure is not None:
         raise app.failure  # the CLI prints it again below the closed console and exits 2
     return app.return_code or 0

@@ -36,14 +36,17 @@ class ChartSpec:
     log: bool
     value: Callable[[dict[str, Any]], float]
     diagnostic: str | None = None  # whose first fire the chart marks for the selected run
+    percent: bool = False  # ticks read as percentages (the tables' unit for accuracy)
 
 
 CHARTS = (
     ChartSpec("h_L", "‖h_L‖", True, lambda r: r.h_L, "a"),
     ChartSpec("g_L", "‖g_L‖", True, lambda r: r.g_L, "b"),
     ChartSpec("stability", "stability", False, lambda r: r.stability, "c"),
-    ChartSpec("acc", "test accuracy", False, lambda r: r.test_acc, "d"),
+    ChartSpec("acc", "test accuracy", False, lambda r: r.test_acc, "d", percent=True),
 )
+# (a) is a threshold on growth, not on ‖h_L‖: ``h`` puts this chart in the first slot and back
+GROWTH = ChartSpec("growth", "growth max ‖h_l‖/‖h_l−1‖", True, lambda r: r.growth, "a")
 
 
 @dataclass
@@ -78,10 +81,68 @@ def unplottable(v: float, log: bool) -> str | None:
     return None
 
 
-def log_ticks(lo: int, hi: int, rows: int) -> tuple[list[float], list[str]]:
+def _keep_clear(ticks: list[float], pinned: list[float], gap: float) -> list[float]:
+    """Ticks at least ``gap`` from every pinned value (a threshold gets its own label)."""
+    return [t for t in ticks if all(abs(t - p) >= gap for p in pinned)]
+
+
+def log_ticks(lo: int, hi: int, rows: int, pinned: tuple[float, ...] = ()) -> tuple[list[float], list[str]]:
+    """Decades between lo and hi (log10), evenly spaced, plus the pinned values (log10 of a
+    threshold) labelled with themselves; a decade within a row of a pinned one is left out."""
     step = max(1, math.ceil((hi - lo + 1) / max(2, rows // 2)))
-    ticks = list(range(lo, hi + 1, step))
-    return [float(t) for t in ticks], [f"1e{t}" for t in ticks]
+    ticks = [float(t) for t in range(lo, hi + 1, step)]
+    row = (hi - lo) / max(1, rows - 1)
+    pins = [p for p in pinned if lo <= p <= hi]
+    ticks = sorted(_keep_clear(ticks, pins, row) + pins)
+    return ticks, [f"1e{round(t)}" if abs(t - round(t)) < 1e-9 else f"{10 ** t:.3g}" for t in ticks]
+
+
+def linear_ticks(lo: float, hi: float, rows: int, pinned: tuple[float, ...] = (),
+                 percent: bool = False) -> tuple[list[float], list[str]]:
+    """Evenly spaced round ticks (a step of 1, 2 or 5 × 10^k) about every third row, all
+    with the same decimals, plus the pinned values (thresholds) with the decimals they need;
+    a round tick within a row and a half of a pinned one is left out so labels never touch.
+    ``percent`` labels 0.62 as 62%."""
+    span = max(hi - lo, 1e-12)
+    target = max(2, rows // 3)
+    raw = span / target
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks = [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+    scale = 100.0 if percent else 1.0
+    decimals = max(0, -math.floor(math.log10(step * scale) + 1e-12))
+    pins = [p for p in pinned if lo <= p <= hi]
+    row = span / max(1, rows - 1)
+    ticks = sorted(_keep_clear(ticks, pins, 1.5 * row) + pins)
+
+    def label(v: float) -> str:
+        d = decimals
+        while d < 6 and abs(round(v * scale, d) - v * scale) > 1e-9 * max(1.0, abs(v * scale)):
+            d += 1  # a pinned value such as 0.25 on a 0.1 grid keeps its digits
+        return f"{v * scale:.{d}f}" + ("%" if percent else "")
+
+    return ticks, [label(t) for t in ticks]
+
+
+def axis_range(values: list[float], fixed: list[float], log: bool, percent: bool) -> tuple[float, float]:
+    """The y range of a chart (log10 units on a log chart): the runs and the lines that follow
+    them (a baseline). A fixed line widens a linear axis only when it is near the data, so a
+    62% against 71% gap is not squeezed into a row by a chance line at 10%; a log axis always
+    shows its thresholds (the (b) floor, the (a) growth limit: how far the runs are from
+    them is the point). A log axis spans whole decades; an accuracy axis stays within 0–100%."""
+    lo, hi = (min(values), max(values)) if values else (min(fixed, default=0.0), max(fixed, default=1.0))
+    near = math.inf if log else 0.35 * (hi - lo)
+    for y in fixed:
+        if lo - near <= y <= hi + near:
+            lo, hi = min(lo, y), max(hi, y)
+    if log:
+        lo, hi = math.floor(lo), math.ceil(hi)
+        return (lo - 1, hi + 1) if lo == hi else (lo, hi)
+    pad = (hi - lo) * 0.08 or 0.05
+    if percent:
+        return max(0.0, lo - pad), min(1.0, hi + pad) if hi <= 1.0 else hi + pad
+    return lo - pad, hi + pad
 
 
 class MetricChart(PlotextPlot):
@@ -119,30 +180,24 @@ class MetricChart(PlotextPlot):
                     finite.append(self._y(v))
                 else:
                     odd.append((s, x, why))
-        refs = [self._y(r.y) for r in self.lines if r.y is not None and unplottable(r.y, log) is None]
-        refs += [self._y(v) for r in self.lines for _, v in r.points if unplottable(v, log) is None]
-        values = finite + refs
-        lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-        if log:
-            lo, hi = math.floor(lo), math.ceil(hi)
-            if lo == hi:
-                lo, hi = lo - 1, hi + 1
-        else:
-            pad = (hi - lo) * 0.08 or 0.05
-            lo, hi = lo - pad, hi + pad
-        # reference lines first: the runs, the selected one last, are drawn over them
+        follow = [self._y(v) for r in self.lines for _, v in r.points if unplottable(v, log) is None]
+        fixed = [self._y(r.y) for r in self.lines if r.y is not None and unplottable(r.y, log) is None]
+        lo, hi = axis_range(finite + follow, fixed, log, self.spec.percent)
+        # reference lines first: the runs, the selected one last, are drawn over them. A
+        # line's value is a tick label of its own and its name is in the title, so no label
+        # is written over the plot or beside another tick
+        pinned = []
         for line in self.lines:
             if line.x is not None:  # a first fire of the selected run, labelled at the top
                 plt.vline(line.x, color=line.color)
                 plt.text(line.label, line.x, hi, color=line.color, alignment="left")
-            if line.y is not None and unplottable(line.y, log) is None:
+            if line.y is not None and unplottable(line.y, log) is None and lo <= self._y(line.y) <= hi:
                 plt.hline(self._y(line.y), color=line.color)
-                plt.text(line.label, 1, self._y(line.y), color=line.color, alignment="left")
+                pinned.append(self._y(line.y))
             pts = [(x, self._y(v)) for x, v in line.points if unplottable(v, log) is None]
             if pts:
                 plt.plot([p[0] for p in pts], [p[1] for p in pts], marker="-" if not self.no_color else ":",
                          color=line.color)
-                plt.text(line.label, pts[-1][0], pts[-1][1], color=line.color, alignment="right")
         for s in sorted(self.series, key=lambda s: s.selected):
             pts = [(x, self._y(v)) for x, v in s.points if unplottable(v, log) is None]
             if not pts:
@@ -156,11 +211,16 @@ class MetricChart(PlotextPlot):
             plt.scatter([x], [hi if top else lo], marker={"nan": "?", "inf": "▲"}.get(why, "▼"), color=s.color)
         plt.xlim(1, max(2, self.xmax))
         plt.ylim(lo, hi)
-        if log:
-            plt.yticks(*log_ticks(lo, hi, self.size.height))
+        rows = max(2, self.size.height - 4)  # the title, the frame and the x labels take four
+        plt.yticks(*(log_ticks(lo, hi, rows, tuple(pinned)) if log
+                     else linear_ticks(lo, hi, rows, tuple(pinned), self.spec.percent)))
         step = max(1, math.ceil(self.xmax / 8))
         plt.xticks(list(range(1, self.xmax + 1, step)))
         title = f"{self.spec.title}{' (log)' if log else ''}"
+        named = [line.label for line in self.lines if line.x is None and (line.points or (
+            line.y is not None and unplottable(line.y, log) is None and lo <= self._y(line.y) <= hi))]
+        if named:
+            title += "  ── " + " · ".join(named)
         if odd:
             s, x, why = odd[-1]
             more = f" +{len(odd) - 1}" if len(odd) > 1 else ""
@@ -179,9 +239,13 @@ def chart_data(spec: ChartSpec, state: AuditState, selected: str | None) -> tupl
     note = ""
     sel: RunView | None = state.runs.get(selected) if selected else None
     last = sel.log.epochs[-1] if sel and sel.log.epochs else None
-    if spec.key == "h_L":
+    if spec.key == "h_L":  # (a) is on growth: say where the selected run stands and how to see it
         limit = DIAGNOSTICS["a"].threshold(th)
-        note = f"(a) growth > {fmt(limit)}" + (f"; {sel.run_id} {fmt(last.growth)}" if last else "")
+        note = (f"growth {fmt(last.growth)}, (a) > {fmt(limit)}" if last
+                else f"(a): growth > {fmt(limit)}") + " · h charts it"
+    elif spec.key == "growth":
+        limit = DIAGNOSTICS["a"].threshold(th)
+        lines.append(RefLine(f"(a) growth > {fmt(limit)}", y=limit))
     elif spec.key == "g_L":
         limit = DIAGNOSTICS["b"].threshold(th)
         lines.append(RefLine(f"(b) floor {limit:.0e}", y=limit))
@@ -193,7 +257,7 @@ def chart_data(spec: ChartSpec, state: AuditState, selected: str | None) -> tupl
         lines.append(RefLine(f"(c) drift > {limit:.2f}", y=limit))
     elif spec.key == "acc":
         chance = 1.0 / n_classes(state.cfg)
-        lines.append(RefLine(f"chance {chance:.2g}", y=chance))
+        lines.append(RefLine(f"chance {100 * chance:.3g}%", y=chance))
         if sel is not None:
             pts = [(r.epoch, DIAGNOSTICS["d"].threshold(th, r)) for r in sel.log.epochs]
             pts = [(x, y) for x, y in pts if y is not None]
@@ -216,6 +280,12 @@ class ChartGrid(Container):
     @property
     def charts(self) -> list[MetricChart]:
         return list(self.query(MetricChart))
+
+    def toggle_growth(self) -> str:
+        """The first chart between ‖h_L‖ and growth, the quantity (a) fires on."""
+        first = self.charts[0]
+        first.spec = GROWTH if first.spec is CHARTS[0] else CHARTS[0]
+        return first.spec.title
 
     def cycle(self) -> str:
         charts = self.charts
@@ -240,6 +310,6 @@ class Legend(Static):
         text = Text(no_wrap=False, overflow="fold")
         for v in state.ordered():
             style = f"color({v.color})" + (" reverse bold" if v.run_id == selected else "")
-            text.append(f"{v.marker}━ {v.run_id}", style=style)
+            text.append(f"{v.marker}━{v.run_id}", style=style)  # no space inside: a label never wraps
             text.append("  ")
         self.update(text)

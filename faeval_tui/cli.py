@@ -16,7 +16,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=
                   help="Audit local-credit learning rules (FA, DFA, …) against BP and a frozen-blocks baseline.")
 
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset name (see `presets`) or YAML path; "
-                                                   "default: the embedded synthetic task.")]
+                                                   "default: the embedded digits audit (digits_default).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a preset key: --set epochs=2 "
                                                       "--set seeds=[42] --set thresholds.growth=100")]
 RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Where audit directories are created.")]

@@ -14,8 +14,9 @@ from textual.widgets import Button, Input, Label, OptionList, SelectionList, Sta
 from textual.widgets.option_list import Option
 
 from engine.audit import Audit
-from engine.config import STANDARD_PENALTIES
+from engine.config import STANDARD_PENALTIES, Thresholds
 from engine.errors import FaevalError
+from engine.verdicts import DIAGNOSTICS, WALK_BACK
 
 
 def key_name(key: str) -> str:
@@ -27,33 +28,68 @@ def binding_rows(bindings: list[BindingType]) -> list[tuple[str, str]]:
     rows = []
     for b in bindings:
         if isinstance(b, Binding):
-            keys, desc = b.key, b.description
+            keys, desc = b.key, b.tooltip or b.description
         else:
             keys, desc = b[0], b[2] if len(b) > 2 else b[1]
         rows.append((" ".join(key_name(k.strip()) for k in keys.split(",")), desc))
     return rows
 
 
+def legend_rows(th: Thresholds) -> list[tuple[str, list[tuple[str, str]]]]:
+    """What the run list's badges and the diagnostics (a)–(d) mean, with this audit's
+    thresholds and alert rule (``engine.verdicts``, the same text the alerts carry)."""
+    persist = th.persist
+    diags = []
+    for key, diag in DIAGNOSTICS.items():
+        side = ">" if diag.comparison == "above" else "<"
+        limit = ("the frozen baseline's accuracy" + (f" + {100 * th.depth_margin:g} pp" if th.depth_margin else "")
+                 if key == "d" else f"{getattr(th, diag.threshold_key):g}")
+        rule = (f"; alerts after {getattr(persist, key)} epoch(s) in a row" if key in WALK_BACK
+                else "; labels the verdict drift or noise, never walks back alone")
+        diags.append((f"({key})", f"{diag.name}: {diag.field} {side} {limit}{rule}. When it fires, "
+                                  f"{diag.meaning}."))
+    badges = [
+        ("TRUSTWORTHY", "no walk-back diagnostic fires at the run's latest epoch"),
+        ("(alert eN)", "after TRUSTWORTHY: an alert was raised at epoch N, and the run recovered since"),
+        ("WALKED BACK (x)", "(x) fires at the latest epoch: the headline accuracy and cosine of this run "
+                            "must not be reported as evidence for the method"),
+        ("UNVERIFIED (d)", "nothing fires, but there is no frozen baseline to measure (d) against yet"),
+        ("UNVERIFIED: records end…", "the run reached a later epoch than its readable records: no verdict "
+                                     "from an older epoch"),
+        ("NO DATA", "no epoch recorded yet (queued, or not started)"),
+    ]
+    return [("verdict badges", badges), ("diagnostics", diags)]
+
+
 class HelpScreen(ModalScreen[None]):
-    """Every key of the console, read from the bindings themselves so it cannot drift."""
+    """Every key of the console, read from the bindings themselves so it cannot drift, and
+    what the badges and the diagnostics mean."""
 
     BINDINGS = [("escape,question_mark,q", "dismiss", "Close")]
 
-    def __init__(self, sections: list[tuple[str, list[BindingType]]]) -> None:
+    def __init__(self, sections: list[tuple[str, list[BindingType]]],
+                 legend: list[tuple[str, list[tuple[str, str]]]] | None = None) -> None:
         super().__init__()
         self.sections = sections
+        self.legend = legend or []
 
     def compose(self) -> ComposeResult:
-        table = Table.grid(padding=(0, 2))
-        table.add_column(style="bold", no_wrap=True)
-        table.add_column()
-        for title, bindings in self.sections:
+        def grid(title: str, rows: list[tuple[str, str]]) -> Table:
+            # one grid per section: a long badge name must not widen the key column of the others
+            table = Table.grid(padding=(0, 2))
+            table.add_column(style="bold", no_wrap=True)
+            table.add_column()
             table.add_row(Text(title, style="underline"), "")
-            for keys, desc in binding_rows(bindings):
-                table.add_row(keys, desc)
+            for name, desc in rows:
+                table.add_row(name, desc)
+            return table
+
+        tables = [grid(title, binding_rows(bindings)) for title, bindings in self.sections]
+        tables += [grid(title, rows) for title, rows in self.legend]
         with VerticalScroll(id="dialog"):
-            yield Label("faeval-tui keys  (esc closes)", classes="title")
-            yield Static(table, id="keys")
+            yield Label("faeval-tui keys, badges and diagnostics  (esc closes)", classes="title")
+            for i, table in enumerate(tables):
+                yield Static(table, id="keys" if i == 0 else None)
 
 
 class QuitDialog(ModalScreen[bool]):

@@ -26,6 +26,13 @@ from .state import AuditState, RunView
 BLOCKS = " ▏▎▍▌▋▊▉█"
 
 
+def pct(v: float | None) -> str:
+    """An accuracy as the tables give it: a percentage with one decimal."""
+    if v is None:
+        return "n/m"
+    return nonfinite(v) or f"{100 * v:.1f}%"
+
+
 def num(v: float | None, signed: bool = False) -> Text:
     """A value as text; non-finite values stand out instead of hiding."""
     if v is None:
@@ -119,12 +126,12 @@ def summary(view: RunView, rec: Epoch, state: AuditState) -> Text:
     total = view.log.total_epochs or state.cfg.epochs
     text = Text()
     text.append(f"{view.run_id}", style=f"bold color({view.color})")
-    text.append(f"  epoch {rec.epoch}/{total}  (←/→ epoch, [/] run)\n", style="")
+    text.append(f"  epoch {rec.epoch}/{total}  (←/→ epoch, home/end first/last, [/] run)\n", style="")
     base = rec.baseline_acc
-    text.append(f"acc {fmt(rec.test_acc)}" + (f" vs frozen {fmt(base)}" if base is not None else ""))
+    text.append(f"acc {pct(rec.test_acc)}" + (f" vs frozen {pct(base)}" if base is not None else ""))
     text.append(f"  growth {fmt(rec.growth)} (a>{fmt(DIAGNOSTICS['a'].threshold(th))})")
-    text.append(f"  ‖g_L‖ {fmt(rec.g_L)} (b<{fmt(DIAGNOSTICS['b'].threshold(th))})")
-    text.append(f"  stability {fmt(rec.stability)} {rec.stability_mode}\n")
+    text.append(f"  ‖g_L‖ {fmt(rec.g_L)} (b<{fmt(DIAGNOSTICS['b'].threshold(th))})\n")
+    text.append(f"stability {fmt(rec.stability)} {rec.stability_mode}  ")
     text.append(f"Γ {fmt(rec.gamma)}  deep cos {fmt(rec.deep_cos)}  deep ρ {fmt(rec.deep_rho)}  ")
     fired = rec.fired
     text.append("fired: " + (" ".join(f"({k})" for k in fired) if fired else "none"),
@@ -142,11 +149,18 @@ def degenerate_banner(rec: Epoch) -> Text:
 class InspectorScreen(Screen):
     """Per-layer values of the selected run; follows the newest epoch until you step back."""
 
-    BINDINGS = [("left", "epoch(-1)", "Earlier"), ("right", "epoch(1)", "Later"),
-                Binding("home", "epoch_to(0)", "First epoch", show=False),
-                Binding("end", "epoch_to(-1)", "Last epoch", show=False),
-                ("left_square_bracket", "run(-1)", "Prev run"), ("right_square_bracket", "run(1)", "Next run"),
-                ("escape,i", "app.pop_screen", "Back")]
+    # priority: the page's scroll container would take ←/→/home/end for itself
+    BINDINGS = [Binding("left", "epoch(-1)", "Epoch", key_display="←→", priority=True,
+                        tooltip="the epoch before"),
+                Binding("right", "epoch(1)", "Later", show=False, priority=True, tooltip="the epoch after"),
+                Binding("home", "epoch_to(0)", "First", show=False, priority=True, tooltip="the first epoch"),
+                Binding("end", "epoch_to(-1)", "Last", show=False, priority=True,
+                        tooltip="the latest epoch, and follow new ones"),
+                Binding("left_square_bracket", "run(-1)", "Run", key_display="[]", tooltip="the run before"),
+                Binding("right_square_bracket", "run(1)", "Next run", show=False, tooltip="the run after"),
+                Binding("escape,i", "app.pop_screen", "Back", tooltip="back to the charts")]
+    # the two tables side by side need about 150 columns; below that they stack
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (150, "-wide")]
 
     def __init__(self, run_id: str) -> None:
         super().__init__()

@@ -27,6 +27,7 @@ PALETTE: tuple[tuple[int, str], ...] = (
     (171, "%"), (118, "@"), (214, "&"), (105, "$"), (203, "="), (87, "~"),
 )
 ACTIVE = ("running", "queued")
+ENDED = ("finished", "diverged")  # runs that need nothing more (a diverged run ends its training)
 
 
 @dataclass
@@ -180,6 +181,18 @@ class AuditState:
         from engine.data import diagnostic_n_for  # torch, once a chart asks
 
         return diagnostic_n_for(self.cfg)
+
+    def outcome(self) -> str:
+        """The header's word for the audit: ``live`` while it trains, ``finished`` when every
+        run has ended (finished or diverged), else how many runs are left to resume."""
+        if self.live:
+            return "live"
+        views = list(self.runs.values())
+        left = [v for v in views if v.status(False) not in ENDED]
+        if not left:
+            return "finished"
+        failed = sum(v.status(False) == "failed" for v in left)
+        return f"stopped: {len(left)} of {len(views)} runs unfinished" + (f", {failed} failed" if failed else "")
 
     def active(self) -> list[RunView]:
         return [v for v in self.runs.values() if v.status(self.live) in ACTIVE]

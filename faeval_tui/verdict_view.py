@@ -58,14 +58,35 @@ class VerdictScreen(Screen):
     def on_mount(self) -> None:
         self.refresh_data()
 
+    def on_resize(self) -> None:
+        for grid in self.query(DataTable):
+            self._pad(grid)
+
+    @staticmethod
+    def _pad(grid: DataTable) -> None:
+        """Widen the trailing blank column so every column can be scrolled to sit right after
+        the fixed ones: without it the last steps stop short, leaving half a column beside them."""
+        columns = grid.ordered_columns
+        if len(columns) < 2 or columns[-1].key.value != "_pad":
+            return
+        widths = [c.get_render_width(grid) for c in columns[:-1]]
+        fixed = sum(widths[:grid.fixed_columns])
+        view = grid.scrollable_content_region.width
+        pad = max(0, view - fixed - widths[-1] - 2) if sum(widths) > view else 0
+        if columns[-1].width != pad:
+            grid.remove_column("_pad")
+            grid.add_column("", key="_pad", width=pad, default="")
+
     def action_sideways(self, direction: int) -> None:
         """Scroll every table sideways by one column; each keeps its row-naming columns in
         place and shows whole columns beside them."""
         for grid in self.query(DataTable):
+            self._pad(grid)
             widths = [c.get_render_width(grid) for c in grid.ordered_columns]
             fixed = sum(widths[:grid.fixed_columns])
             # scroll offsets that put a column's left edge right after the fixed ones
-            stops = [sum(widths[:j]) - fixed for j in range(grid.fixed_columns, len(widths))]
+            last = len(widths) - (1 if grid.ordered_columns[-1].key.value == "_pad" else 0)
+            stops = [sum(widths[:j]) - fixed for j in range(grid.fixed_columns, last)]
             x = grid.scroll_x
             if direction > 0:
                 x = next((s for s in stops if s > x), x)
@@ -78,8 +99,10 @@ class VerdictScreen(Screen):
             grid = self.query_one(f"#table-{t.key}", DataTable)
             grid.clear(columns=True)
             grid.add_columns(*t.headers)
+            grid.add_column("", key="_pad", width=0)  # sized by _pad once the screen is laid out
             grid.fixed_columns = key_columns(t.headers)
             for row in t.rows:
-                grid.add_row(*(cell(c) for c in row))
+                grid.add_row(*(cell(c) for c in row), "")
+            self.call_after_refresh(self._pad, grid)
             notes = "\n".join(t.notes) if t.rows else "no run has an epoch record yet"
             self.query_one(f"#notes-{t.key}", Static).update(Text(notes))

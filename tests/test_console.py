@@ -154,8 +154,11 @@ async def test_inspector_marks_degenerate_values_and_steps_epochs(tmp_path: Path
         assert isinstance(app.screen, InspectorScreen)
         text = lambda wid: _plain(app.screen.query_one(wid, Static)).strip()  # noqa: E731
         assert "epoch 5/5" in text("#summary") and "DEGENERATE" in text("#banner")
-        await pilot.press("home")
+        await pilot.press("home")  # the first epoch, not the top of the page (the scroll container's home)
         assert "epoch 1/5" in text("#summary") and not app.screen.query_one("#banner").display
+        await pilot.press("end")
+        assert "epoch 5/5" in text("#summary")
+        await pilot.press("home")
         await pilot.press("right", "right", "right")
         assert "epoch 4/5" in text("#summary")
         assert "n/m" in _plain(app.screen.query_one("#alignment", Static))  # ρ not measured that epoch
@@ -275,10 +278,20 @@ async def test_help_lists_every_key(tmp_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("question_mark")
         await pilot.pause()
-        text = _plain(app.screen.query_one("#keys", Static))
-        for key, what in [("i", "Inspect"), ("p", "Rerun"), ("v", "Verdicts"), ("e", "Export"), ("q", "Quit"),
-                          ("←", "Earlier"), ("[", "Prev run"), ("ctrl+s", "Start reruns"), ("→", "Columns")]:
+        text = "\n".join(_plain(s) for s in app.screen.query(Static))
+        for key, what in [("i", "layer inspector"), ("p", "penalty reruns"), ("v", "the audit's tables"),
+                          ("e", "report.md"), ("q", "quit"), ("h", "growth"), ("←", "the epoch before"),
+                          ("home", "the first epoch"), ("end", "the latest epoch"), ("[", "the run before"),
+                          ("ctrl+s", "Start reruns"), ("→", "Columns")]:
             assert any(line.split()[:1] == [key] and what in line for line in text.splitlines()), (key, what)
+        # what the badges and the diagnostics mean, with this audit's thresholds and alert rule
+        th = app.cfg.thresholds
+        for badge in ("TRUSTWORTHY", "WALKED BACK (x)", "UNVERIFIED (d)", "NO DATA", "(alert eN)"):
+            assert any(line.split("  ")[0].strip() == badge for line in text.splitlines()), badge
+        flat = " ".join(text.split())
+        assert f"(a) scale stability: growth > {th.growth:g}; alerts after {th.persist.a} epoch(s) in a row" in flat
+        assert f"(d) depth utility: test_acc < the frozen baseline's accuracy; alerts after {th.persist.d}" in flat
+        assert "(c) cross-batch stability" in flat and "never walks back alone" in flat
 
 
 @pytest.mark.asyncio
@@ -365,6 +378,16 @@ async def test_wide_verdict_tables_scroll_sideways_a_column_at_a_time_keeping_th
         await pilot.press("left", "left")
         await pilot.pause()
         assert grid.scroll_x == 0 and layers.scroll_x == 0
+        # all the way right: every table still sits on a column's left edge, never half a column
+        await pilot.press(*["right"] * 30)
+        await pilot.pause()
+        for table in app.screen.query(DataTable):
+            cols = [c for c in table.ordered_columns if c.key.value != "_pad"]
+            w = [c.get_render_width(table) for c in cols]
+            stops = {sum(w[:j]) - sum(w[:table.fixed_columns]) for j in range(table.fixed_columns, len(w))}
+            assert table.scroll_x in stops | {0}, (table.id, table.scroll_x, sorted(stops))
+        assert grid.scroll_x == max(s for s in [sum(widths[:j]) - sum(widths[:2]) for j in range(2, len(widths))]
+                                    if s <= grid.max_scroll_x)
 
 
 @pytest.mark.asyncio
@@ -380,11 +403,14 @@ async def test_the_subtitle_says_how_long_the_audit_has_left_while_it_trains(tmp
             await pilot.pause()
             left = 2 * (5 * 0.1 + 3 * 100) / 8  # 2 epochs left at dfa's mean epoch: 75 s
             assert left == pytest.approx(75.125)
-            assert app.sub_title == "watch (read-only) · about 1 min left · a · resmlp on synthetic"
+            assert app.sub_title == "watch · live · about 1 min left · a · resmlp on synthetic"
     app = FaevalApp(watch=Audit.open(path), bell=False, poll_s=3600)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
-        assert app.sub_title == "watch (read-only) · a · resmlp on synthetic"  # nobody trains it: nothing is left to wait for
+        # nobody trains it: nothing is left to wait for, and the header says what is left to resume
+        left = [v.run_id for v in app.state.runs.values() if v.status(False) not in ("finished", "diverged")]
+        assert left == ["dfa-lam0.01-s42"]
+        assert app.sub_title == f"watch · stopped: 1 of {len(app.state.runs)} runs unfinished · a · resmlp on synthetic"
 
 
 @pytest.mark.asyncio
@@ -411,3 +437,101 @@ def test_the_reference_chart_says_when_the_diagnostic_set_is_a_whole_small_test_
     assert digits.diagnostic_n == 360
     assert chart_data(g_chart, digits, None)[2] == "diagnostic set n = 360 (whole test split), floor set for 1024"
     assert chart_data(g_chart, AuditState(tmp_path, load_config(None, TINY)), None)[2] == ""
+
+
+def test_linear_ticks_are_round_even_and_give_a_threshold_its_own_label() -> None:
+    from faeval_tui.charts import linear_ticks
+
+    ticks, labels = linear_ticks(-0.09, 0.53, 12, pinned=(0.30,))
+    assert 0.30 in ticks and labels[ticks.index(0.30)] == "0.3"
+    round_ticks = [t for t in ticks if t != 0.30]
+    steps = {round(b - a, 9) for a, b in zip(round_ticks, round_ticks[1:]) if 0.30 not in (a, b)}
+    assert len(steps) == 1 and steps.pop() in (0.1, 0.2)  # evenly spaced by a round step
+    row = (0.53 + 0.09) / 11
+    assert all(abs(t - 0.30) >= 1.5 * row for t in round_ticks)  # no round label beside the threshold's
+    assert len({len(lab.split(".")[1]) for lab in labels}) == 1  # one number of decimals
+    ticks, labels = linear_ticks(0.55, 0.80, 8, percent=True)
+    assert labels == [f"{round(100 * t)}%" for t in ticks] and all(0.55 <= t <= 0.80 for t in ticks)
+
+
+def test_log_ticks_label_a_threshold_that_is_not_a_decade_with_its_value() -> None:
+    from faeval_tui.charts import log_ticks
+
+    ticks, labels = log_ticks(0, 2, 8, pinned=(math.log10(50),))
+    assert labels == ["1e0", "1e1", "50", "1e2"] or labels == ["1e0", "50", "1e2"]
+    assert "50" in labels and "1e2" in labels
+
+
+def test_the_accuracy_axis_fits_the_runs_not_chance() -> None:
+    from faeval_tui.charts import axis_range
+
+    lo, hi = axis_range([0.62, 0.71, 0.68], fixed=[0.10], log=False, percent=True)
+    assert 0.55 < lo < 0.62 and 0.71 < hi <= 0.78  # chance at 10% would squeeze the 9-point gap
+    lo, hi = axis_range([0.12, 0.30], fixed=[0.10], log=False, percent=True)
+    assert lo <= 0.10  # near the data: chance is on the axis
+    assert axis_range([0.97, 0.999], fixed=[], log=False, percent=True)[1] == 1.0  # never past 100%
+    lo, hi = axis_range([0.0, 0.1], fixed=[math.log10(50)], log=True, percent=False)
+    assert (lo, hi) == (0, 2)  # a log chart always shows its threshold
+
+
+@pytest.mark.asyncio
+async def test_h_charts_growth_with_the_a_line_and_back(tmp_path: Path) -> None:
+    from faeval_tui.charts import ChartGrid
+
+    app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.select_run("fa-s42")
+        await pilot.pause()
+        first = app.query_one(ChartGrid).charts[0]
+        assert first.spec.key == "h_L" and "h charts it" in first.note
+        await pilot.press("h")
+        await pilot.pause()
+        assert first.spec.key == "growth"
+        growth = [r.growth for r in app.state.runs["fa-s42"].log.epochs]
+        assert [v for s in first.series if s.label == "fa-s42" for _, v in s.points] == growth
+        limit = app.cfg.thresholds.growth
+        assert [(line.label, line.y) for line in first.lines if line.y is not None] == [
+            (f"(a) growth > {num(limit)}", limit)]
+        await pilot.press("h")
+        await pilot.pause()
+        assert first.spec.key == "h_L"
+
+
+@pytest.mark.asyncio
+async def test_p_in_watch_says_why_it_does_nothing(tmp_path: Path) -> None:
+    app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("p")
+        await pilot.pause()
+        assert not isinstance(app.screen, RerunDialog)
+        assert any("watch is read-only" in str(n.message) and "penalties=" in str(n.message)
+                   for n in app._notifications)
+
+
+@pytest.mark.asyncio
+async def test_80x24_shows_every_run_of_the_default_audit_and_the_whole_audit_name(tmp_path: Path) -> None:
+    app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for seed in (7, 8, 9):  # 8 runs, as the default audit has
+            app.state.add_spec(RunSpec(f"bp-s{seed}", "bp", seed, 0.0, None))
+        app.flush()
+        await pilot.pause()
+        table = app.query_one(RunTable)
+        assert table.row_count == 8 and table.size.height >= 9  # the header and every run
+        assert not app.query_one("#legend").display  # the run list's coloured markers are the legend here
+        title = str(app.format_title(app.title, app.sub_title))
+        assert not title.startswith("faeval-tui") and app.state.path.name in title
+        assert len(title) <= 80 - 4  # the icon and a margin: the header does not cut it
+
+
+def test_quitting_with_unfinished_runs_prints_the_resume_command(tmp_path: Path) -> None:
+    from faeval_tui.app import resume_hint
+
+    path = write_fixture_audit(tmp_path / "a")
+    state = AuditState(path, Audit.open(path).cfg)
+    FileFeed(Audit.open(path), state).poll()
+    assert resume_hint(state, path) == f"1 run(s) unfinished; continue with: faeval-tui resume {path}"
+    from engine.records import End
+
+    state.runs["dfa-lam0.01-s42"].log.end = End(status="finished", epoch=5)
+    assert resume_hint(state, path) is None
