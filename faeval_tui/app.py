@@ -18,6 +18,7 @@ from engine.config import AuditConfig
 from engine.errors import FaevalError
 from engine.eta import remaining_seconds
 from engine.fmt import duration
+from engine.hooks import AlertHook
 from engine.markdown import render_markdown
 from engine.plan import RunSpec, run_id
 from engine.runstore import atomic_write_bytes
@@ -59,7 +60,7 @@ class FaevalApp(LiveMixin, App[None]):
 
     def __init__(self, *, cfg: AuditConfig | None = None, runs_dir: Path | None = None,
                  watch: Audit | None = None, bell: bool = True, refresh_s: float = 0.25,
-                 poll_s: float = 0.5) -> None:
+                 poll_s: float = 0.5, on_alert: list[str] | None = None) -> None:
         super().__init__()
         if (cfg is None) == (watch is None):
             raise ValueError("give cfg (train) or watch (follow files)")
@@ -67,6 +68,8 @@ class FaevalApp(LiveMixin, App[None]):
         self.runs_dir = Path(runs_dir or "runs")
         self.watching = watch
         self.bell_on = bell
+        self.on_alert = on_alert  # --on-alert's argument list: run on every alert while this console trains
+        self.alert_hook: AlertHook | None = None
         self.refresh_s, self.poll_s = refresh_s, poll_s
         self.audit: Audit | None = watch
         self.state = AuditState(watch.path if watch else self.runs_dir, self.cfg, read_only=watch is not None)
@@ -274,6 +277,8 @@ class FaevalApp(LiveMixin, App[None]):
         # however the app ends (quit, ctrl+c, a test leaving run_test), training stops with it
         if self.live_feed is not None:
             self.live_feed.stop()
+        if self.alert_hook is not None:
+            self.alert_hook.close()  # each call ends within the hook's timeout
 
     async def action_quit(self) -> None:
         active = self.state.active() if self.live_feed is not None and self.state.live else []
@@ -309,9 +314,10 @@ def resume_hint(state: AuditState, path: Path) -> str | None:
     return f"{len(left)} run(s) unfinished; continue with: faeval-tui resume {path}"
 
 
-def launch(cfg: AuditConfig, runs_dir: Path | str, bell: bool = True) -> int:
-    """Open the console on a new (or resumed) audit of ``cfg``."""
-    app = FaevalApp(cfg=cfg, runs_dir=Path(runs_dir), bell=bell)
+def launch(cfg: AuditConfig, runs_dir: Path | str, bell: bool = True, on_alert: list[str] | None = None) -> int:
+    """Open the console on a new (or resumed) audit of ``cfg``; ``on_alert`` is run on every
+    walk-back alert of its training (``engine.hooks``)."""
+    app = FaevalApp(cfg=cfg, runs_dir=Path(runs_dir), bell=bell, on_alert=on_alert)
     app.run()
     if app.audit is not None:
         print(f"audit directory: {app.audit.path}")

@@ -74,11 +74,17 @@ def fail(err: FaevalError) -> None:
     raise typer.Exit(err.exit_code)
 
 
+OnAlertOpt = Annotated[Optional[str], typer.Option("--on-alert", metavar="CMD", help="Run CMD on every walk-back "
+                                                   "alert with the alert as JSON on stdin; split like a shell "
+                                                   "would, run without one; output to <audit>/hooks.log.")]
+
+
 @app.callback(invoke_without_command=True)
 def console(ctx: typer.Context, preset: PresetOpt = None, set_: SetOpt = None,
             runs_dir: RunsDirOpt = Path("runs"), device: DeviceOpt = None, data_dir: DataDirOpt = None,
             debug: DebugOpt = False,
             no_bell: Annotated[bool, typer.Option("--no-bell", help="Do not ring the bell on alerts.")] = False,
+            on_alert: OnAlertOpt = None,
             version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                            help="Print versions and devices, then exit.")] = None,
             ) -> None:
@@ -93,7 +99,7 @@ def console(ctx: typer.Context, preset: PresetOpt = None, set_: SetOpt = None,
         cfg = load_config(preset, _sets(set_, device, data_dir))
         from .app import launch
 
-        code = launch(cfg=cfg, runs_dir=runs_dir, bell=not no_bell)
+        code = launch(cfg=cfg, runs_dir=runs_dir, bell=not no_bell, on_alert=_alert_hook(on_alert))
     except FaevalError as err:
         fail(err)
     if code:
@@ -102,9 +108,6 @@ def console(ctx: typer.Context, preset: PresetOpt = None, set_: SetOpt = None,
 
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 3 when every run finished but at least one "
                                          "ended WALKED BACK (a failed or stopped run still exits 1).")]
-OnAlertOpt = Annotated[Optional[str], typer.Option("--on-alert", metavar="CMD", help="Run CMD on every walk-back "
-                                                   "alert with the alert as JSON on stdin; split like a shell "
-                                                   "would, run without one; output to <audit>/hooks.log.")]
 EXIT_CODES = ("Exit codes: 0 every run finished; 1 a run failed, diverged or was stopped (resume it); 2 an "
               "error the message names (bad input is refused before anything is written); 3 with --strict, "
               "every run finished and at least one ended WALKED BACK. 1 wins over 3.")

@@ -8,6 +8,7 @@ events arrive as messages from the training thread; ``watch`` polls the files.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from textual import work
 from textual.message import Message
@@ -18,6 +19,7 @@ from engine.data import TaskData, load_task, pin_data_source
 from engine.device import training_device
 from engine.errors import FaevalError
 from engine.events import Event
+from engine.hooks import AlertHook
 from engine.plan import plan_runs
 from engine.verdicts import Alert
 
@@ -95,6 +97,9 @@ class LiveMixin:
         except FaevalError as err:  # the runner refuses the device (e.g. bf16 on a GPU without it)
             self.on_training_failed(TrainingFailed(err))
             return
+        if self.on_alert:  # a failing command is said once in a toast (stderr is under the console)
+            warn = partial(self.call_from_thread, self._hook_failed)
+            self.alert_hook = AlertHook(self.on_alert, audit.path, warn=warn)
         for spec in self.live_feed.submit_unfinished():
             self.state.add_spec(spec, queued=True)
         self.state.set_live(True)
@@ -114,7 +119,7 @@ class LiveMixin:
             self.post_message(TrainingFailed(err))
 
     def _poll_files(self) -> None:
-        self._announce(self.file_feed.poll())
+        self._announce(self.file_feed.poll(), live=False)  # watch: the trainer's own --on-alert runs hooks
 
     def on_engine_event(self, message: EngineEvent) -> None:
         self._announce(self.state.apply(message.event))
@@ -142,8 +147,13 @@ class LiveMixin:
         if event.state == WorkerState.ERROR:
             self.push_screen(ErrorScreen("Training stopped with an internal error", repr(event.worker.error)))
 
-    def _announce(self, alerts: list[Alert]) -> None:
+    def _hook_failed(self, message: str) -> None:
+        self.notify(message.removeprefix("warning: "), title="--on-alert", severity="warning", timeout=10)
+
+    def _announce(self, alerts: list[Alert], live: bool = True) -> None:
         for alert in alerts:
+            if live and self.alert_hook is not None:
+                self.alert_hook(alert)
             # the toast says what fired; the alert log keeps the whole text with its meaning
             self.notify(alert.headline + " (details in the alert log)", title=f"WALK BACK · {alert.run_id}",
                         severity="error", timeout=8)

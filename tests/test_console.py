@@ -67,7 +67,9 @@ def finished(app: FaevalApp) -> bool:
 @pytest.mark.asyncio
 async def test_launch_trains_every_run_and_an_alert_walks_a_run_back(tmp_path: Path) -> None:
     cfg = load_config(None, TINY + ["thresholds.growth=1.0001"])
-    app = FaevalApp(cfg=cfg, runs_dir=tmp_path, bell=True)
+    got = tmp_path / "hook-stdin.jsonl"  # --on-alert: the console runs it on each alert, the alert on stdin
+    hook = [sys.executable, "-c", f"import sys; open({str(got)!r}, 'a').write(sys.stdin.read())"]
+    app = FaevalApp(cfg=cfg, runs_dir=tmp_path, bell=True, on_alert=hook)
     bells = []
     app.bell = lambda: bells.append(1)
     async with app.run_test(size=SIZE) as pilot:
@@ -94,6 +96,10 @@ async def test_launch_trains_every_run_and_an_alert_walks_a_run_back(tmp_path: P
             assert time.monotonic() < deadline, "q did not exit the app"
             await asyncio.sleep(0.05)
     assert app.return_code == 0 and not app.is_running
+    calls = [json.loads(line) for line in got.read_text().splitlines()]  # the hook's calls ended at quit
+    assert sorted((c["run_id"], c["diagnostic"], c["epoch"]) for c in calls) == sorted(
+        (a.run_id, a.diagnostic, a.epoch) for a in app.state.alerts)
+    assert (app.audit.path / "hooks.log").read_text().count("--- ") == 2 * len(calls)
 
 
 @pytest.mark.asyncio
