@@ -132,6 +132,11 @@ class AuditRunner:
                 self._done.add(s.run_id)
         return specs
 
+    def pending(self) -> list[RunSpec]:
+        """Runs submitted and not started yet."""
+        with self._cond:
+            return list(self._pending)
+
     def preflight(self) -> None:
         """Fail before any thread starts, with nothing written (``StoreError``): every pending
         run's checkpoint must load, be its own and not be ahead of its records, config.yaml must

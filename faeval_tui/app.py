@@ -5,6 +5,9 @@ so a burst of training events costs one redraw, not one per event.
 """
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import time
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from textual.worker import Worker
 
 from engine.audit import Audit
 from engine.config import AuditConfig
+from engine.control import request_run, request_stop
 from engine.errors import FaevalError
 from engine.eta import remaining_seconds
 from engine.fmt import duration
@@ -24,7 +28,16 @@ from engine.plan import RunSpec, run_id
 from engine.runstore import atomic_write_bytes
 
 from .charts import ChartGrid, Legend
-from .dialogs import ErrorScreen, HelpScreen, QuitDialog, RerunDialog, RerunRequest, ResumeDialog, legend_rows
+from .dialogs import (
+    DetachedQuitDialog,
+    ErrorScreen,
+    HelpScreen,
+    QuitDialog,
+    RerunDialog,
+    RerunRequest,
+    ResumeDialog,
+    legend_rows,
+)
 from .feeds import FileFeed, LiveFeed, resumable_audits
 from .inspector import InspectorScreen
 from .live import LiveMixin
@@ -32,6 +45,7 @@ from .runlist import AlertLog, RunTable
 from .state import ENDED, AuditState
 
 REPORT = "report.md"
+STOP_WAIT_S = 120.0  # how long quitting with "stop" waits for the trainer to stop
 
 
 class FaevalApp(LiveMixin, App[None]):
@@ -51,7 +65,10 @@ class FaevalApp(LiveMixin, App[None]):
         Binding("h", "toggle_growth", "Growth", show=False,
                 tooltip="first chart: ‖h_L‖ or growth max ‖h_l‖/‖h_l−1‖, the value (a) fires on"),
         Binding("question_mark", "help", "Help", tooltip="this screen"),
-        Binding("q", "quit", "Quit", tooltip="quit; asks first while runs train (each keeps its checkpoint)"),
+        Binding("s", "stop_training", "Stop", show=False,
+                tooltip="stop the process training this audit (each run keeps its checkpoint; resume continues)"),
+        Binding("q", "quit", "Quit", tooltip="quit; while runs train it asks whether to stop them or, when they "
+                "train in a process of their own, to leave them training"),
         Binding("ctrl+q", "quit", "Quit", show=False),
     ]
     NAVIGATION = [("up,down", "", "select a run: it is highlighted in every chart"),
@@ -60,7 +77,7 @@ class FaevalApp(LiveMixin, App[None]):
 
     def __init__(self, *, cfg: AuditConfig | None = None, runs_dir: Path | None = None,
                  watch: Audit | None = None, bell: bool = True, refresh_s: float = 0.25,
-                 poll_s: float = 0.5, on_alert: list[str] | None = None) -> None:
+                 poll_s: float = 0.5, on_alert: list[str] | None = None, detach: bool = False) -> None:
         super().__init__()
         if (cfg is None) == (watch is None):
             raise ValueError("give cfg (train) or watch (follow files)")
@@ -70,6 +87,10 @@ class FaevalApp(LiveMixin, App[None]):
         self.bell_on = bell
         self.on_alert = on_alert  # --on-alert's argument list: run on every alert while this console trains
         self.alert_hook: AlertHook | None = None
+        # detach: training runs in a process of its own (trainer_process) that outlives the console
+        self.detach = detach
+        self.trainer: subprocess.Popen | None = None  # that process, when this console started it
+        self.left_training = False  # quit with "leave it training"
         self.refresh_s, self.poll_s = refresh_s, poll_s
         self.audit: Audit | None = watch
         self.state = AuditState(watch.path if watch else self.runs_dir, self.cfg, read_only=watch is not None)
@@ -151,7 +172,7 @@ class FaevalApp(LiveMixin, App[None]):
         when the last verdict should be in."""
         st = self.state
         text = self.mode
-        if self.mode in ("live", "resumed", "watch") and st.runs:
+        if self.mode in ("live", "resumed", "attached", "watch") and st.runs:
             text = ("watch · " if self.mode == "watch" else "") + st.outcome()
         if st.live:
             runs = [(v.spec.method, v.log, v.status(True)) for v in st.ordered()]
@@ -233,12 +254,19 @@ class FaevalApp(LiveMixin, App[None]):
         self.copy_to_clipboard(text)
         self.notify(f"wrote {path} and copied it to the clipboard", title="export", timeout=8)
 
+    def steerable(self) -> bool:
+        """Requests through the audit directory reach a trainer: this console's own (it starts
+        one again for a rerun), or another process's that is training now (attach, watch)."""
+        if self.audit is None or self.file_feed is None:
+            return False
+        return (self.watching is None and self.failure is None) or self.trainer_live()
+
     def action_rerun(self) -> None:
         view = self.state.runs.get(self.selected or "")
-        if self.watching is not None or self.live_feed is None:
-            why = ("watch is read-only: start penalty reruns from the console that trains this audit, or "
-                   "with `faeval-tui run --set 'penalties=[…]'`" if self.watching is not None
-                   else "nothing trains here now (training could not start)")
+        if self.live_feed is None and not self.steerable():
+            why = ("nothing trains this audit now, and watch does not start training: open the console with its "
+                   f"preset (it offers to resume it), or `faeval-tui resume {self.state.path}`"
+                   if self.watching is not None else "nothing trains here now (training could not start)")
             self.notify(why, severity="warning", timeout=8)
             return
         if view is None:
@@ -264,8 +292,13 @@ class FaevalApp(LiveMixin, App[None]):
                 parent = run_id(method, seed, model=model)
                 spec = RunSpec(rid, method, seed, lam, parent if parent in self.state.runs else None, model)
                 self.state.add_spec(spec, queued=True)
-                self.live_feed.submit(spec)
+                if self.live_feed is not None:
+                    self.live_feed.submit(spec)
+                else:
+                    request_run(self.audit.path, spec)  # the trainer takes it within half a second
                 started.append(rid)
+        if started and self.live_feed is None and self.watching is None and not self.trainer_live():
+            self._spawn_trainer()  # every run had ended: a new trainer takes the requests
         msg = f"queued {len(started)} rerun(s): {', '.join(started)}" if started else "no new reruns"
         if skipped:
             msg += f"; already in the audit: {', '.join(skipped)}"
@@ -273,20 +306,48 @@ class FaevalApp(LiveMixin, App[None]):
         self.flush()
         return started
 
+    def action_stop_training(self) -> None:
+        if self.live_feed is not None:
+            self.live_feed.stop()
+        elif self.audit is not None and self.trainer_live():
+            request_stop(self.audit.path)
+        else:
+            self.notify("nothing trains this audit now", severity="warning")
+            return
+        self.notify("stopping every run at its next batch (each keeps its checkpoint)", timeout=6)
+
     def on_unmount(self) -> None:
-        # however the app ends (quit, ctrl+c, a test leaving run_test), training stops with it
+        # however the app ends (quit, ctrl+c, a test leaving run_test), in-process training stops
+        # with it; a trainer of its own goes on (a dropped connection must not stop it)
         if self.live_feed is not None:
             self.live_feed.stop()
         if self.alert_hook is not None:
             self.alert_hook.close()  # each call ends within the hook's timeout
 
     async def action_quit(self) -> None:
+        if self.live_feed is None and self.watching is None and self.audit is not None and self.trainer_live():
+            active = self.state.active()
+            queued = sum(v.status(True) == "queued" for v in active)
+            self.push_screen(DetachedQuitDialog(len(active) - queued, queued), callback=self._detached_answer)
+            return
         active = self.state.active() if self.live_feed is not None and self.state.live else []
         if active:
             queued = sum(v.status(True) == "queued" for v in active)
             self.push_screen(QuitDialog(len(active) - queued, queued), callback=self._quit_answer)
         else:
             await self.shutdown()
+
+    async def _detached_answer(self, answer: str | None) -> None:
+        if answer == "leave":
+            self.left_training = True
+            self.exit()
+        elif answer == "stop":
+            request_stop(self.audit.path)
+            self.notify("stopping runs at their next batch…", timeout=30)
+            deadline = time.monotonic() + STOP_WAIT_S
+            while self.trainer_live() and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            self.exit()
 
     async def _quit_answer(self, yes: bool | None) -> None:
         if yes:
@@ -314,16 +375,23 @@ def resume_hint(state: AuditState, path: Path) -> str | None:
     return f"{len(left)} run(s) unfinished; continue with: faeval-tui resume {path}"
 
 
-def launch(cfg: AuditConfig, runs_dir: Path | str, bell: bool = True, on_alert: list[str] | None = None) -> int:
-    """Open the console on a new (or resumed) audit of ``cfg``; ``on_alert`` is run on every
-    walk-back alert of its training (``engine.hooks``)."""
-    app = FaevalApp(cfg=cfg, runs_dir=Path(runs_dir), bell=bell, on_alert=on_alert)
+def launch(cfg: AuditConfig, runs_dir: Path | str, bell: bool = True, on_alert: list[str] | None = None,
+           detach: bool = True) -> int:
+    """Open the console on a new (or resumed) audit of ``cfg``, trained in a process of its own
+    (``detach``) or in this one; ``on_alert`` is run on every walk-back alert of its training
+    (``engine.hooks``)."""
+    app = FaevalApp(cfg=cfg, runs_dir=Path(runs_dir), bell=bell, on_alert=on_alert, detach=detach)
     app.run()
     if app.audit is not None:
         print(f"audit directory: {app.audit.path}")
-        hint = resume_hint(app.state, app.audit.path)
-        if hint and app.failure is None:  # as `faeval-tui run` says when stopped
-            print(hint)
+        if app.left_training and app.trainer_live():
+            pid = f" (process {app.trainer.pid})" if app.trainer is not None else ""
+            print(f"training goes on{pid}; follow it: faeval-tui watch {app.audit.path} (or this console with "
+                  f"the same preset); stop it: faeval-tui stop {app.audit.path}")
+        else:
+            hint = resume_hint(app.state, app.audit.path)
+            if hint and app.failure is None:  # as `faeval-tui run` says when stopped
+                print(hint)
     if app.failure is not None:
         raise app.failure  # the CLI prints it again below the closed console and exits 2
     return app.return_code or 0

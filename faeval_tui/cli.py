@@ -85,6 +85,10 @@ def console(ctx: typer.Context, preset: PresetOpt = None, set_: SetOpt = None,
             debug: DebugOpt = False,
             no_bell: Annotated[bool, typer.Option("--no-bell", help="Do not ring the bell on alerts.")] = False,
             on_alert: OnAlertOpt = None,
+            in_process: Annotated[bool, typer.Option("--in-process", help="Train inside the console's own "
+                                                     "process: quitting or a dropped connection stops "
+                                                     "training (default: a process of its own, which "
+                                                     "outlives the console).")] = False,
             version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                            help="Print versions and devices, then exit.")] = None,
             ) -> None:
@@ -99,7 +103,8 @@ def console(ctx: typer.Context, preset: PresetOpt = None, set_: SetOpt = None,
         cfg = load_config(preset, _sets(set_, device, data_dir))
         from .app import launch
 
-        code = launch(cfg=cfg, runs_dir=runs_dir, bell=not no_bell, on_alert=_alert_hook(on_alert))
+        code = launch(cfg=cfg, runs_dir=runs_dir, bell=not no_bell, on_alert=_alert_hook(on_alert),
+                      detach=not in_process)
     except FaevalError as err:
         fail(err)
     if code:
@@ -183,12 +188,17 @@ def run(preset: PresetOpt = None, set_: SetOpt = None, runs_dir: RunsDirOpt = Pa
 
 @app.command(epilog=EXIT_CODES)
 def resume(audit_dir: Annotated[Path, typer.Argument(help="Audit directory to continue.")],
-           strict: StrictOpt = False, on_alert: OnAlertOpt = None, debug: DebugOpt = False) -> None:
-    """Continue every unfinished run of an audit from its last checkpoint."""
+           strict: StrictOpt = False, on_alert: OnAlertOpt = None, debug: DebugOpt = False,
+           nice: Annotated[int, typer.Option("--nice", min=0, max=19, help="Lower this process's CPU priority "
+                                             "by N (the console's trainer uses 10).")] = 0) -> None:
+    """Continue every unfinished run of an audit from its last checkpoint (and any rerun a
+    console asked for through the audit directory)."""
     global _debug
     _debug = _debug or debug
     from engine.audit import Audit
 
+    if nice:
+        os.nice(nice)
     try:
         argv = _alert_hook(on_alert)
         audit = Audit.open(audit_dir)
@@ -196,6 +206,38 @@ def resume(audit_dir: Annotated[Path, typer.Argument(help="Audit directory to co
     except FaevalError as err:
         fail(err)
     _finish(audit, audit_dir, statuses, strict)
+
+
+@app.command()
+def stop(audit_dir: Annotated[Path, typer.Argument(help="Audit directory whose training to stop.")],
+         wait: Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for the trainer to "
+                                             "stop (0: do not wait).")] = 120.0,
+         debug: DebugOpt = False) -> None:
+    """Stop the process training an audit (each run at its next batch, keeping its checkpoint),
+    through the audit directory: works for a trainer started by a console, run or resume."""
+    global _debug
+    _debug = _debug or debug
+    import time
+
+    from engine.audit import Audit
+    from engine.control import request_stop
+
+    try:
+        audit = Audit.open(audit_dir)
+        if not audit.is_live():
+            typer.echo(f"nothing trains {audit.path}; continue it with: faeval-tui resume {audit.path}")
+            return
+        request_stop(audit.path)
+    except FaevalError as err:
+        fail(err)
+    deadline = time.monotonic() + wait
+    while wait and audit.is_live():
+        if time.monotonic() > deadline:
+            typer.echo(f"asked {audit.path}'s trainer to stop; it is still running after {wait:g} s", err=True)
+            raise typer.Exit(1)
+        time.sleep(0.2)
+    typer.echo(f"stopped; continue with: faeval-tui resume {audit.path}" if wait else
+               f"asked {audit.path}'s trainer to stop")
 
 
 @app.command()

@@ -116,6 +116,35 @@ class QuitDialog(ModalScreen[bool]):
         self.dismiss(event.button.id == "yes")
 
 
+class DetachedQuitDialog(ModalScreen["str | None"]):
+    """Quitting while the audit's own trainer process runs: stop it, or leave it training."""
+
+    BINDINGS = [("s", "answer('stop')", "Stop training and quit"), ("l", "answer('leave')", "Leave it training"),
+                ("escape,n", "answer(None)", "Cancel")]
+
+    def __init__(self, training: int, queued: int) -> None:
+        super().__init__()
+        self.training, self.queued = training, queued
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(f"{self.training} run(s) training, {self.queued} queued, in a process of their own.",
+                        classes="title")
+            yield Static("s stops them (each keeps its last checkpoint) and quits; l quits and leaves them "
+                         "training: open the console with the same preset, or faeval-tui watch DIR, to follow "
+                         "and steer them again; esc cancels.")
+            with Horizontal(classes="buttons"):
+                yield Button("s  stop and quit", id="stop", variant="error")
+                yield Button("l  leave it training", id="leave", variant="primary")
+                yield Button("esc  cancel", id="cancel")
+
+    def action_answer(self, answer: str | None) -> None:
+        self.dismiss(answer)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None if event.button.id == "cancel" else event.button.id)
+
+
 class ResumeDialog(ModalScreen["Audit | None"]):
     """Offers unfinished audits of the same preset; None starts a new audit."""
 
@@ -126,12 +155,14 @@ class ResumeDialog(ModalScreen["Audit | None"]):
         self.candidates = candidates
 
     def compose(self) -> ComposeResult:
-        options = [Option(f"resume {a.path.name}: {len(runs)} unfinished ({', '.join(runs[:4])}"
+        options = [Option(f"{'attach to' if a.is_live() else 'resume'} {a.path.name}: {len(runs)} unfinished"
+                          f"{', training now' if a.is_live() else ''} ({', '.join(runs[:4])}"
                           f"{', …' if len(runs) > 4 else ''})", id=str(i))
                    for i, (a, runs) in enumerate(self.candidates)]
         options.append(Option("start a new audit", id="new"))
         with Vertical(id="dialog"):
-            yield Label("Unfinished audits of this preset were found", classes="title")
+            yield Label("Unfinished audits of this preset were found (attach: follow and steer the process "
+                        "training it)", classes="title")
             yield OptionList(*options, id="choices")
             yield Static("↑↓ choose · enter confirm · n/esc new audit", classes="hint")
 

@@ -27,9 +27,10 @@ from .state import AuditState
 class FileFeed:
     """Reads every run's records.jsonl incrementally; new run directories join as they appear."""
 
-    def __init__(self, audit: Audit, state: AuditState) -> None:
+    def __init__(self, audit: Audit, state: AuditState, live: Callable[[], bool] | None = None) -> None:
         self.audit = audit
         self.state = state
+        self.live = live or audit.is_live  # the console's own trainer is live before it takes the lock
         self.readers: dict[str, RecordReader] = {}
         self._when: dict[str, str] = {}  # per run: the time of its last line read (ISO 8601, UTC)
         for spec in audit.planned():
@@ -49,7 +50,7 @@ class FileFeed:
         # oldest first, as they would have live
         for _, run_id, rec in heapq.merge(*fresh, key=lambda item: item[0]):
             alerts += self.state.ingest_line(run_id, rec)
-        self.state.set_live(self.audit.is_live())
+        self.state.set_live(self.live())
         return alerts
 
     def _timed(self, run_id: str, lines: list[Record]) -> list[tuple[str, str, Record]]:
@@ -88,8 +89,9 @@ class LiveFeed:
 
 
 def resumable_audits(runs_dir: Path, cfg: AuditConfig) -> list[tuple[Audit, list[str]]]:
-    """Audits under ``runs_dir`` of the same preset name that nobody trains and that have
-    unfinished runs (stopped, failed, or no end line), newest first."""
+    """Audits under ``runs_dir`` of the same preset name with unfinished runs (stopped,
+    failed, or no end line), newest first: ones a process trains now (to attach to: check
+    ``audit.is_live()``) and ones nobody trains (to resume)."""
     found = []
     try:
         dirs = sorted((p for p in Path(runs_dir).iterdir() if (p / "config.yaml").is_file()), reverse=True)
@@ -100,7 +102,7 @@ def resumable_audits(runs_dir: Path, cfg: AuditConfig) -> list[tuple[Audit, list
             audit = Audit.open(path)
         except Exception:  # a damaged or foreign directory is not a resume candidate
             continue
-        if audit.cfg.name != cfg.name or audit.is_live():
+        if audit.cfg.name != cfg.name:
             continue
         try:
             logs = audit.logs()

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine.audit import Audit
+from engine.control import Inbox
 from engine.data import TaskData
 from engine.eta import remaining_seconds
 from engine.events import BatchProgress, EpochDone, Event, RunEnded, RunStarted
@@ -36,6 +37,18 @@ def _time_left(audit: Audit) -> str:
     if not left:
         return ""
     return f"{ended} of {len(runs)} runs ended · about {duration(left)} left"
+
+
+def _follow_controls(inbox: Inbox, runner: AuditRunner, done: threading.Event, every_s: float = 0.5) -> None:
+    """The control folder, every half second: a stop request stops the runs, a run request
+    is queued (``engine.control``), until ``done``."""
+    while not done.wait(every_s):
+        if inbox.stop_requested():
+            print("stop requested through the audit directory", file=sys.stderr, flush=True)
+            runner.stop()
+            return
+        for spec in inbox.take_runs(runner.submit):
+            print(f"{spec.run_id:<22} queued (requested through the audit directory)", flush=True)
 
 
 def run_headless(audit: Audit, task: TaskData | None = None,
@@ -96,21 +109,40 @@ def run_headless(audit: Audit, task: TaskData | None = None,
                 progress.update(tasks[event.run_id], completed=event.epoch - 1 + event.batch / event.batches)
 
     runner = AuditRunner(audit, listener, task=task)
+    inbox = Inbox(audit.path, list(audit.cfg.methods) + list(audit.cfg.penalty_methods))
     runner.submit_unfinished()
+    inbox.take_runs(runner.submit)  # reruns a console asked for while nothing trained
     # Ctrl-C or a closed terminal stops the runs at their next batch; their checkpoints stay
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     for sig in previous:
         signal.signal(sig, lambda *_: runner.stop())
     print(f"audit directory: {audit.path}", file=sys.stderr, flush=True)
+    polling = threading.Event()
+    poller = threading.Thread(target=_follow_controls, args=(inbox, runner, polling), name="faeval-control",
+                              daemon=True)
+    poller.start()
+    statuses: dict[str, str] = {}
     try:
-        if progress is not None:
-            with progress:
-                statuses = runner.run()
-        else:
-            statuses = runner.run()
+        while True:
+            if progress is not None:
+                with progress:
+                    statuses.update(runner.run())
+            else:
+                statuses.update(runner.run())
+            polling.set()  # no more requests taken: what is queued now is trained below or by a later trainer
+            poller.join()
+            if runner.stop_event.is_set() or not runner.pending():
+                break
+            polling.clear()  # a request taken as the last run ended: train it too
+            poller = threading.Thread(target=_follow_controls, args=(inbox, runner, polling),
+                                      name="faeval-control", daemon=True)
+            poller.start()
     finally:
+        polling.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    for why in inbox.refused:
+        print(f"refused: {why}", file=sys.stderr, flush=True)
     if runner.stop_event.is_set():
         print(f"stopped; continue with: faeval-tui resume {audit.path}", file=sys.stderr, flush=True)
     return statuses

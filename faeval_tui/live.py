@@ -15,9 +15,10 @@ from textual.message import Message
 from textual.worker import Worker, WorkerState
 
 from engine.audit import Audit
+from engine.control import requested_runs
 from engine.data import TaskData, load_task, pin_data_source
 from engine.device import training_device
-from engine.errors import FaevalError
+from engine.errors import FaevalError, StoreError
 from engine.events import Event
 from engine.hooks import AlertHook
 from engine.plan import plan_runs
@@ -26,6 +27,8 @@ from engine.verdicts import Alert
 from .dialogs import ErrorScreen
 from .feeds import FileFeed, LiveFeed
 from .state import AuditState
+from .trainer_process import TRAINER_LOG, log_tail
+from .trainer_process import spawn as spawn_trainer
 
 
 @dataclass
@@ -86,7 +89,11 @@ class LiveMixin:
         self._start(audit, message.task)
 
     def _start(self, audit: Audit, task: TaskData | None) -> None:
-        """Train ``audit`` (new, on ``task``; or resumed, loading its own data)."""
+        """Train ``audit`` (new, on ``task``; or resumed, loading its own data): in a process
+        of its own that the console follows (``detach``), or in this one."""
+        if self.detach or audit.is_live():  # attaching to a trainer elsewhere is following it
+            self._follow(audit, fresh=task is not None)
+            return
         self.audit = audit
         self.cfg = audit.cfg
         self.state = AuditState(audit.path, audit.cfg)
@@ -107,6 +114,53 @@ class LiveMixin:
         self.training = self._train()
         self.flush()
 
+    # ---- a trainer in a process of its own (faeval_tui.trainer_process) -----------------
+    def _follow(self, audit: Audit, fresh: bool) -> None:
+        """Follow ``audit`` through its files, starting its trainer unless one runs already
+        (attach); its controls go through the audit directory (``engine.control``)."""
+        self.audit = audit
+        self.cfg = audit.cfg
+        self.state = AuditState(audit.path, audit.cfg)
+        self._seen = (-1, -1, None)
+        self.file_feed = FileFeed(audit, self.state, live=self.trainer_live)
+        attached = audit.is_live()
+        if not attached:
+            self._spawn_trainer()
+        self.file_feed.poll()  # the history: into the alert log, no toasts
+        for spec in requested_runs(audit.path):
+            self.state.add_spec(spec, queued=True)
+        self.mode = "live" if fresh else ("attached" if attached else "resumed")
+        self.set_interval(self.poll_s, self._poll_files)
+        self.flush()
+
+    def _spawn_trainer(self) -> None:
+        try:
+            self.trainer = spawn_trainer(self.audit.path, self.on_alert)
+        except OSError as err:
+            self.on_training_failed(TrainingFailed(StoreError(f"cannot start the trainer process: {err}",
+                                                              "check that faeval-tui is installed in this Python")))
+
+    def trainer_live(self) -> bool:
+        """The audit trains: this console's trainer process is alive (it may not hold the lock
+        yet), or some process holds the audit's lock (an attached console, watch)."""
+        own = self.trainer is not None and self.trainer.poll() is None
+        return own or (self.audit is not None and self.audit.is_live())
+
+    def _check_trainer(self) -> None:
+        """Say so when this console's trainer ended with an error (a refusal before training:
+        memory, a changed config), showing its log; start one again for reruns left waiting."""
+        if self.trainer is None or self.trainer.poll() is None:
+            return
+        code, self.trainer = self.trainer.returncode, None
+        if code not in (0, 1, 3):  # 1: a run stopped or failed (its end line says which); 3: --strict
+            tail = log_tail(self.audit.path)
+            self._not_training()
+            self.push_screen(ErrorScreen("The trainer process ended with an error",
+                                         f"exit code {code}; the end of {self.audit.path / TRAINER_LOG}:\n{tail}"))
+            return
+        if requested_runs(self.audit.path) and not self.audit.is_live():
+            self._spawn_trainer()  # reruns asked for as the last run ended: nobody took them
+
     def _set_mode(self, mode: str) -> None:
         self.mode = mode
         self.sub_title = self._subtitle()  # now: flush redraws it only when the state changes
@@ -119,7 +173,11 @@ class LiveMixin:
             self.post_message(TrainingFailed(err))
 
     def _poll_files(self) -> None:
-        self._announce(self.file_feed.poll(), live=False)  # watch: the trainer's own --on-alert runs hooks
+        if self.watching is not None:
+            self._announce(self.file_feed.poll(), live=False)  # watch: the trainer's own --on-alert runs hooks
+            return
+        self._check_trainer()
+        self._announce(self.file_feed.poll(), live=False)  # the trainer process runs --on-alert itself
 
     def on_engine_event(self, message: EngineEvent) -> None:
         self._announce(self.state.apply(message.event))

@@ -164,6 +164,8 @@ class AuditState:
             earlier = [e for e in view.log.epochs if e.epoch < rec.epoch]
             return self.apply(EpochDone(run_id, rec, new_alerts(run_id, earlier, rec, self.cfg.thresholds)))
         view.log.add(rec)  # header, start, end
+        if isinstance(rec, Start):
+            view.queued = False  # a requested rerun's trainer took it (the live feed's RunStarted)
         if isinstance(rec, End):
             view.progress = None
         self.version += 1

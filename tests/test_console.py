@@ -510,7 +510,7 @@ async def test_p_in_watch_says_why_it_does_nothing(tmp_path: Path) -> None:
         await pilot.press("p")
         await pilot.pause()
         assert not isinstance(app.screen, RerunDialog)
-        assert any("watch is read-only" in str(n.message) and "penalties=" in str(n.message)
+        assert any("nothing trains this audit now" in str(n.message) and "faeval-tui resume" in str(n.message)
                    for n in app._notifications)
 
 
