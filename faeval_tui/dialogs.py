@@ -161,10 +161,10 @@ class ResumeDialog(ModalScreen["Audit | None"]):
                    for i, (a, runs) in enumerate(self.candidates)]
         options.append(Option("start a new audit", id="new"))
         with Vertical(id="dialog"):
-            yield Label("Unfinished audits of this preset were found (attach: follow and steer the process "
-                        "training it)", classes="title")
+            yield Label("Unfinished audits of this preset were found", classes="title")
             yield OptionList(*options, id="choices")
-            yield Static("↑↓ choose · enter confirm · n/esc new audit", classes="hint")
+            yield Static("attach: follow and steer the process training it · resume: train it again\n"
+                         "↑↓ choose · enter confirm · n/esc new audit", classes="hint")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         oid = event.option.id
