@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 DASH = "—"
 
@@ -33,6 +34,34 @@ def num(v: float | None) -> str:
         return f"{v:.{digits - 1}f}" if digits and abs(float(text)) >= 10 ** (math.floor(math.log10(a)) + 1) else text
     mantissa, exp = f"{v:.2e}".split("e")
     return f"{mantissa}e{int(exp)}"
+
+
+def pct(v: float | None) -> str:
+    """A fraction as percent with 2 decimals (accuracy), without the % sign: a column header
+    or the caller says it (``acc %``, ``76.94%``)."""
+    return DASH if v is None else (num(v) if not math.isfinite(v) else f"{100 * v:.2f}")
+
+
+def pp(v: float | None) -> str:
+    """A difference of fractions in signed percentage points, 2 decimals (gap to the baseline,
+    the (d) margin), without the unit."""
+    return DASH if v is None else (num(v) if not math.isfinite(v) else f"{100 * v:+.2f}")
+
+
+def spread(mean_text: str, std: float | None) -> str:
+    """The std behind a mean ``num`` printed as ``mean_text``: ``num(std)``, but never to more
+    decimals than the mean shows (``9.07 ± 0.20``, not ``9.07 ± 0.199``), and ``0`` when it is
+    0 to those decimals (``1.00 ± 0``, not ``1.00 ± 2.48e-16``: the seeds agree to the digits
+    shown). A mean in scientific notation, non-finite, or an exact 0 (which shows no
+    digits) keeps ``num(std)``."""
+    text = num(std)
+    fixed = re.fullmatch(r"[+\-]?\d+(\.\d+)?", mean_text) is not None
+    if std is None or not math.isfinite(std) or mean_text == "0" or not fixed:
+        return text
+    decimals = len(mean_text.partition(".")[2])
+    if "e" in text or len(text.partition(".")[2]) > decimals:
+        text = f"{abs(std):.{decimals}f}"
+    return "0" if float(text) == 0 else text
 
 
 def duration(seconds: float) -> str:

@@ -5,7 +5,9 @@ The cells are the same text the markdown and the console show, with LaTeX's spec
 characters escaped and the Unicode symbols the tables use turned into math
 (``SYMBOLS``; ``‖h_L‖`` → ``$\\lVert h_L \\rVert$``). Numeric columns are right-aligned,
 text columns left (``Table.numeric``). Each table's title is its caption and its notes a
-footnote-size paragraph below the tabular. Needs ``\\usepackage{booktabs}``; anything
+footnote-size paragraph below the tabular. A table wider than a page is split into parts
+as in the markdown export (``engine.tables.pages``), one ``table`` environment each,
+labelled ``tab:<audit>-<key>-<part>``. Needs ``\\usepackage{booktabs}``; anything
 else non-ASCII is left as UTF-8 text (LaTeX reads UTF-8 by default since 2018).
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from .config import AuditConfig
-from .tables import Source, Table, audit_tables, config_of, views
+from .tables import Source, Table, audit_tables, config_of, page_tables, views
 
 # LaTeX's special characters in text, and the characters OT1-encoded fonts print as others
 ESCAPES = {
@@ -123,7 +125,8 @@ def table_latex(table: Table, label: str = "faeval") -> str:
 
 
 def render_tables_latex(tables: Sequence[Table], label: str = "faeval") -> str:
-    return "\n".join(table_latex(t, label) for t in tables)
+    """The tables, each wider than a page split into parts as in the markdown (``page_tables``)."""
+    return "\n".join(table_latex(t, label) for t in page_tables(tables))
 
 
 def render_latex(source: Source, cfg: AuditConfig | None = None,

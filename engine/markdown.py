@@ -2,7 +2,9 @@
 
 Tables are GitHub tables of the cells ``engine.tables`` formatted, so the markdown,
 the console and the JSON export show the same text for the same number; columns of
-numbers are right-aligned (``Table.numeric``), columns of words left.
+numbers are right-aligned (``Table.numeric``), columns of words left. A table wider
+than a page is split into parts (``engine.tables.pages``: the audit table into its
+outcome, credit-alignment and scale columns), each part keyed by model, method and λ.
 
 The header says when and by what the report was written (``export_provenance``) and how
 the audit's config differs from the shipped preset it is named after (``preset_changes``):
@@ -21,10 +23,10 @@ from typing import Any
 from .config import AuditConfig, shipped_presets, validate
 from .data import diagnostic_n_for
 from .errors import ConfigError
-from .fmt import num
+from .fmt import num, pp
 from .models import describe
 from .sizing import image_shape
-from .tables import RunLike, Source, Table, audit_tables, config_of, views
+from .tables import RunLike, Source, Table, audit_tables, config_of, page_tables, views
 from .yamlsafe import read_yaml
 
 EXPORT_TIME_ENV = "FAEVAL_EXPORT_TIME"  # when set, the export time the header shows (reproducible exports)
@@ -133,8 +135,11 @@ def provenance_line(cfg: AuditConfig, provenance: Mapping[str, str] | None = Non
     p = dict(provenance or {})
     if not {"date", "faeval_tui", "torch"} <= p.keys():  # what is not given is looked up
         p = {**export_provenance(), **p}
+    # "auto" is resolved when training starts, and the records do not keep what it chose
+    device = cfg.device + (" (cuda if available, else cpu; the records do not name which)"
+                           if cfg.device == "auto" else "")
     return (f"- **exported**: {p['date']} by faeval-tui {p['faeval_tui']}, torch {p['torch']}; "
-            f"trained with device {cfg.device}, precision {cfg.precision}")
+            f"trained with device {device}, precision {cfg.precision}")
 
 
 def _cell(text: str) -> str:
@@ -200,7 +205,7 @@ def header_markdown(cfg: AuditConfig, runs: Sequence[RunLike], name: str | None 
         f"- **methods**: {', '.join(cfg.methods)}{pen}",
         f"- **seeds**: {', '.join(map(str, cfg.seeds))}",
         f"- **thresholds**: (a) growth > {num(th.growth)}; (b) ‖g_L‖ < {num(th.g_floor)}; (c) stability > "
-        f"{num(th.stability)} = drift; (d) accuracy < frozen baseline + {num(th.depth_margin)} "
+        f"{num(th.stability)} = drift; (d) accuracy < frozen baseline {pp(th.depth_margin)} pp "
         f"({n_note}); alerts after (a) {th.persist.a}, (b) {th.persist.b}, (d) {th.persist.d} consecutive "
         "fired epochs",
         f"- **runs**: {sum(states.values())} (" + ", ".join(f"{v} {k}" for k, v in sorted(states.items())) + ")",
@@ -213,7 +218,8 @@ def header_markdown(cfg: AuditConfig, runs: Sequence[RunLike], name: str | None 
 
 
 def render_tables(tables: Sequence[Table]) -> str:
-    return "\n".join(table_markdown(t) for t in tables)
+    """The tables, each wider than a page split into parts (``page_tables``)."""
+    return "\n".join(table_markdown(t) for t in page_tables(tables))
 
 
 def render_markdown(source: Source, cfg: AuditConfig | None = None,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Thresholds
-from .fmt import num
+from .fmt import num, pct, pp
 from .records import Epoch
 
 WALK_BACK = ("a", "b", "d")  # (c) labels the sub-mode; it never walks a run back alone
@@ -147,9 +147,9 @@ class Alert:
     run_id: str
     epoch: int
     diagnostic: str
-    value: float
+    value: float  # as the record holds it (an accuracy as a fraction): the hook's JSON carries it so
     threshold: float
-    headline: str  # which diagnostic fired, when, value against threshold
+    headline: str  # which diagnostic fired, when, value against threshold, as the tables print them
     meaning: str  # what it means for the run's headline numbers
     since: int | None = None  # the streak's first epoch, when the alert rule needed more than one
 
@@ -186,6 +186,21 @@ def alert_rule(th: Thresholds) -> str:
             "the verdict reads the last epoch's fired set")
 
 
+def comparison(k: str, record: Epoch, th: Thresholds) -> str:
+    """What diagnostic ``k`` tested on ``record``, against its threshold, as an alert says it:
+    ``growth = 300 > 50.0``, ``g_L = 1.00e-9 < 1.00e-7``; (d) in percent like the tables,
+    ``accuracy 76.94% < frozen baseline 95.00%`` (the margin, when not 0, in percentage points)."""
+    diag = DIAGNOSTICS[k]
+    value, limit = getattr(record, diag.field), diag.threshold(th, record)
+    side = ">" if diag.comparison == "above" else "<"
+    if k != "d":
+        return f"{diag.field} = {num(value)} {side} {num(limit)}"
+    base = f"frozen baseline {pct(record.baseline_acc)}%"
+    if not th.depth_margin:
+        return f"accuracy {pct(value)}% {side} {base}"
+    return f"accuracy {pct(value)}% {side} {pct(limit)}% ({base} {pp(th.depth_margin)} pp)"
+
+
 def new_alerts(run_id: str, previous: list[Epoch], record: Epoch, th: Thresholds) -> list[Alert]:
     """Walk-back alerts raised by ``record``: diagnostics (a), (b), (d) that complete, with it,
     their first streak of ``th.persist`` consecutive fired epochs."""
@@ -197,10 +212,8 @@ def new_alerts(run_id: str, previous: list[Epoch], record: Epoch, th: Thresholds
         if k in record.fired and k not in before and streak(history, k) >= need:
             diag = DIAGNOSTICS[k]
             value, limit = getattr(record, diag.field), diag.threshold(th, record)
-            side = ">" if diag.comparison == "above" else "<"
             since = f" (fired on every epoch since {record.epoch - need + 1})" if need > 1 else ""
-            headline = (f"({k}) {diag.name} fired at epoch {record.epoch}{since}: {diag.field} = {num(value)} "
-                        f"{side} {num(limit)}")
+            headline = f"({k}) {diag.name} fired at epoch {record.epoch}{since}: {comparison(k, record, th)}"
             alerts.append(Alert(run_id, record.epoch, k, value, limit, headline, diag.meaning,
                                 record.epoch - need + 1 if need > 1 else None))
     return alerts

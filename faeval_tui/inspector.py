@@ -18,6 +18,7 @@ from textual.widgets import Footer, Static
 
 from engine.fmt import nonfinite
 from engine.fmt import num as fmt
+from engine.fmt import pct as fmt_pct
 from engine.records import Epoch, at_layer
 from engine.verdicts import DIAGNOSTICS, WALK_BACK
 
@@ -27,10 +28,8 @@ BLOCKS = " ▏▎▍▌▋▊▉█"
 
 
 def pct(v: float | None) -> str:
-    """An accuracy as the tables give it: a percentage with one decimal."""
-    if v is None:
-        return "n/m"
-    return nonfinite(v) or f"{100 * v:.1f}%"
+    """An accuracy as the tables give it (``engine.fmt.pct``), with its unit."""
+    return "n/m" if v is None else fmt_pct(v) + ("%" if math.isfinite(v) else "")
 
 
 def num(v: float | None, signed: bool = False) -> Text:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable, RichLog
 
-from engine.fmt import nonfinite, num
+from engine.fmt import num, pct
 from engine.verdicts import DIAGNOSTICS, Alert
 
 from .state import AuditState, RunView
@@ -84,10 +84,6 @@ class RunTable(DataTable):
                     self.update_cell(v.run_id, col, value, update_width=True)
 
 
-def pct(v: float) -> str:
-    return nonfinite(v) or f"{100 * v:.1f}%"
-
-
 class AlertLog(RichLog):
     """Every walk-back alert, oldest first; it stays after the toast has gone.
 
@@ -113,7 +109,7 @@ class AlertLog(RichLog):
         head.append(f"{alert.run_id} ", style="bold")
         # compact, so it fits one line at 80 columns: the full headline is in the toast and the export
         if alert.diagnostic == "d":  # accuracy in % as in the tables; the threshold is the baseline (+ margin)
-            head.append(f"(d) acc {pct(alert.value)} {side} frozen {pct(alert.threshold)}")
+            head.append(f"(d) acc {pct(alert.value)}% {side} frozen {pct(alert.threshold)}%")
         else:
             head.append(f"({alert.diagnostic}) {diag.field} {num(alert.value)} {side} {num(alert.threshold)}")
         if alert.since is not None:

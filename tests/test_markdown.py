@@ -23,7 +23,7 @@ from engine.config import load_config
 from engine.markdown import render_markdown, table_markdown
 from engine.records import decode
 from engine.scheduler import AuditRunner
-from engine.tables import Table, audit_tables
+from engine.tables import Table, audit_tables, page_tables
 from faeval_tui.cli import app
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -66,9 +66,32 @@ def unescape(cell: str) -> str:
     return cell.replace("\\|", "|").replace("\\\\", "\\")
 
 
+def md_sections(text: str) -> dict[str, dict]:
+    """Each ``## title`` section's table (None for a section that is a note alone), by title."""
+    out = {}
+    for section in text.split("\n## ")[1:]:
+        title, _, body = section.partition("\n")
+        tables = md_tables(body)
+        out[title] = tables[0] if tables else None
+    return out
+
+
+def merged(parts: list[dict]) -> dict:
+    """The parts of a split table as one: headers in order, each row's cells joined on its keys."""
+    headers = list(dict.fromkeys(h for p in parts for h in p["headers"]))
+    rows = []
+    for cells in zip(*(p["rows"] for p in parts)):
+        joined = {}
+        for p, c in zip(parts, cells):
+            for h, v in zip(p["headers"], c):
+                assert joined.setdefault(h, v) == v  # a key column repeats the same cell in every part
+        rows.append([joined[h] for h in headers])
+    return {"headers": headers, "rows": rows}
+
+
 def assert_tables_parse(text: str, tables: list[Table]) -> None:
     parsed = md_tables(text)
-    shown = [t for t in tables if t.rows]
+    shown = [t for t in page_tables(tables) if t.rows]
     assert len(parsed) == len(shown)
     for p, t in zip(parsed, shown):
         assert p["headers"] == t.headers
@@ -97,8 +120,19 @@ def test_header_names_preset_data_seeds_and_thresholds(main_audit):  # noqa: F81
     for line in ("# faeval audit: golden", "- **preset**: golden (hand-written records)",
                  "- **data**: synthetic teacher task (10 classes", "- **seeds**: 1, 2",
                  "- **thresholds**: (a) growth > 50.0; (b) ‖g_L‖ < 1.00e-7; (c) stability > 0.300 = drift; "
-                 "(d) accuracy < frozen baseline + 0"):
+                 "(d) accuracy < frozen baseline +0.00 pp (diagnostic set n = 1024)"):
         assert line in head
+
+
+def test_the_depth_margin_is_in_percentage_points_like_the_gap(main_audit):  # noqa: F811
+    from engine.markdown import header_markdown
+    from engine.tables import views
+
+    runs = views(main_audit, main_audit.cfg)
+    for margin, shown in ((0.0, "+0.00"), (0.005, "+0.50"), (-0.02, "-2.00")):
+        cfg = main_audit.cfg.model_copy(deep=True)
+        cfg.thresholds.depth_margin = margin
+        assert f"; (d) accuracy < frozen baseline {shown} pp (diagnostic set n = 1024);" in header_markdown(cfg, runs)
 
 
 def test_header_says_when_the_steps_ran_in_bfloat16(main_audit):  # noqa: F811
@@ -115,30 +149,34 @@ def test_header_says_when_the_steps_ran_in_bfloat16(main_audit):  # noqa: F811
 def test_numeric_columns_are_right_aligned_and_text_columns_left(main_audit):  # noqa: F811
     text = render_markdown(main_audit, provenance=PINNED)
     aligned = {}
-    for table in audit_tables(main_audit):
+    for table in page_tables(audit_tables(main_audit)):
         block = text.split(f"## {table.title}\n\n", 1)[1].splitlines()
         aligned.update(zip(table.headers, block[1].strip("|").split("|")))
     assert {h for h, a in aligned.items() if a == "---"} == {
-        "method", "status", "verdict", "first fire (epoch, per seed)", "run", "S0 acc", "S1 acc+Γ", "S2 S1+(a)",
+        "method", "status", "verdict", "first fire", "(c) mode", "run", "S0 acc", "S1 acc+Γ", "S2 S1+(a)",
         "S3 S1+(b)", "S4 S1+(c)", "S5 S1+(d)", "S_full", "diagnostic", "fires when",
         "thresholds keeping every verdict", "reading"}
     assert {h for h, a in aligned.items() if a == "---:"} == {
         "λ", "n", "acc %", "gap pp", "Γ", "deep cos", "deep ρ", "‖h_L‖", "‖g_L‖", "max growth", "stability", "layer",
         "cos_l ± std (over seeds)", "null band", "z vs null", "ρ_l", "‖h_l‖", "‖g_l‖", "‖a_l‖", "healthy runs",
-        "degenerate runs", "healthy edge", "degenerate edge", "gap ratio"}
+        "degenerate runs", "healthy edge", "degenerate edge", "separation"}
     tokens = MarkdownIt("commonmark").enable("table").parse(text)  # and a GitHub renderer reads it so
     first = [t.attrGet("style") for t in tokens if t.type == "th_open"][:6]
     assert first == [None, "text-align:right", "text-align:right", None, "text-align:right", "text-align:right"]
+    assert "| method | λ | n | status | acc % | gap pp | verdict | first fire |\n|---|---:|---:|---|---:|---:|---|---|" \
+        in text
 
 
 def test_a_column_of_dashes_is_numeric_unless_it_holds_words():
     from engine.tables.cells import numeric_cell, numeric_column
 
-    for cell in ("0.143 ± 0 †", "nan (n=1) †", "0.0750 (n=1) ‡", "0.300 ± 0.283 drift 1/2", "0.100 (n=1) unknown",
-                 "-0.875 (noise)", "+24.00 ± 0.00", "1e-05", "−inf", "9.81e4 ± 1.16e5"):
+    for cell in ("0.143 ± 0 †", "nan †", "0.0750 ‡", "+3.00 (n=1)", "0.300 ± 0.283", "-0.875 (noise)",
+                 "+24.00 ± 0", "1e-05", "−inf", "9.81e4 ± 1.16e5", "1/2", "×45.0", "-3.00 pp", "6.00 pp"):
         assert numeric_cell(cell), cell
-    for cell in ("ok", "1 of 10", "[2.00, 90.0)", "growth > 50.0", "(a) 3, 3", "TRUSTWORTHY"):
+    for cell in ("ok", "1 of 10", "[2.00, 90.0)", "growth > 50.0", "(a) 3, 3", "TRUSTWORTHY", "drift 1/2", "noise",
+                 "0.300 ± 0.283 drift 1/2", "(-3.00, +3.00] pp"):
         assert not numeric_cell(cell), cell
+    assert not numeric_column("(c) mode", ["—"]) and not numeric_column("first fire", ["—"])
     assert numeric_column("gap pp", ["—", "—"]) and not numeric_column("verdict", ["—"])
     assert numeric_column("acc %", ["52.00", ""]) and not numeric_column("S0 acc", ["ok", "0 of 10"])
 
@@ -202,7 +240,9 @@ def test_the_provenance_line_names_the_time_the_versions_the_device_and_the_prec
     monkeypatch.setattr(importlib.metadata, "version", missing)
     monkeypatch.delenv("FAEVAL_EXPORT_TIME")
     line = header_line(render_markdown(main_audit), "exported")
-    assert " by faeval-tui unknown, torch " in line and "trained with device auto, precision fp32" in line
+    assert " by faeval-tui unknown, torch " in line
+    assert line.endswith("trained with device auto (cuda if available, else cpu; the records do not name which), "
+                         "precision fp32")
     stamp = line.removeprefix("- **exported**: ").split(" ")[0]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", stamp)  # UTC, ISO 8601, the clock's
 
@@ -253,24 +293,44 @@ def split_cell(cell: str) -> tuple[str, str | None]:
     return mean.strip(), (std.strip() or None)
 
 
+def decimals(text: str) -> int:
+    return len(text.partition("e")[0].partition(".")[2])
+
+
 def assert_stat(cell: str, values: list[float], scale: float = 1.0) -> None:
     vals = [v for v in values if v is not None]
     mean, std = split_cell(cell)
     assert agrees(mean, float(np.mean(vals)) if vals else None, scale), (cell, vals)
     if len(vals) > 1:
-        assert agrees(std, float(np.std(vals, ddof=1)), scale), (cell, vals)
+        sd = float(np.std(vals, ddof=1)) * scale
+        if "e" not in mean and mean not in ("0", "nan", "inf", "−inf"):  # a std no finer than its mean
+            assert "e" not in std and decimals(std) <= decimals(mean), cell
+        if std == "0":  # 0 to the mean's digits
+            assert sd <= 0.5 * 10.0 ** -decimals(mean) * (1 + 1e-9), (cell, vals)
+        else:
+            assert agrees(std, sd), (cell, vals)
     else:
         assert std is None
 
 
 def test_real_audit_renders_every_table_and_the_json_holds_the_same_cells(real_export):
     _, md, doc = real_export
-    parsed = md_tables(md)
     assert [t["key"] for t in doc["tables"]] == ["audit", "layers", "penalty", "strategies", "sensitivity"]
-    assert len(parsed) == 5
-    for p, t in zip(parsed, doc["tables"]):
+    parsed = by_table(md, doc)
+    assert parsed["audit"][0]["headers"][:3] == ["method", "λ", "n"] and len(parsed["audit"]) > 1  # split
+    for t in doc["tables"]:  # the JSON keeps each table whole: the markdown's parts put together are it
+        p = merged(parsed[t["key"]])
         assert p["headers"] == t["headers"] and [[unescape(c) for c in r] for r in p["rows"]] == t["rows"]
-    assert len(parsed[0]["rows"]) == 6 and len(parsed[2]["rows"]) == 4  # bp, fa, fa λ, dfa, dfa λ, frozen
+    assert len(parsed["audit"][0]["rows"]) == 6 and len(parsed["penalty"][0]["rows"]) == 4  # fa, fa λ, dfa, dfa λ
+
+
+def by_table(md: str, doc: dict) -> dict[str, list[dict]]:
+    """The markdown's tables by the key of the JSON table they show: one, or its parts in order."""
+    sections = md_sections(md)
+    out = {}
+    for t in doc["tables"]:
+        out[t["key"]] = [p for title, p in sections.items() if title == t["title"] or title.startswith(t["title"] + " (")]
+    return out
 
 
 def finals(doc, method: str, lam: float) -> list[dict]:
@@ -279,7 +339,7 @@ def finals(doc, method: str, lam: float) -> list[dict]:
 
 def test_real_audit_markdown_numbers_equal_the_json_runs(real_export):
     _, md, doc = real_export
-    audit_t, layer_t, pen_t, strat_t, sens_t = md_tables(md)
+    audit_t, layer_t, pen_t = (merged(by_table(md, doc)[k]) for k in ("audit", "layers", "penalty"))
     cols = {"acc %": ("test_acc", 100), "Γ": ("gamma", 1), "deep cos": ("deep_cos", 1), "deep ρ": ("deep_rho", 1),
             "‖g_L‖": ("g_L", 1), "max growth": ("growth", 1), "stability": ("stability", 1)}
     for cells in audit_t["rows"]:
@@ -312,7 +372,7 @@ def test_real_audit_markdown_numbers_equal_the_json_runs(real_export):
 
 def test_real_audit_strategies_and_sensitivity_agree_with_the_json_runs(real_export):
     _, md, doc = real_export
-    _, _, _, strat_t, sens_t = md_tables(md)
+    strat_t, sens_t = (merged(by_table(md, doc)[k]) for k in ("strategies", "sensitivity"))
     runs = {r["run_id"]: r for r in doc["runs"]}
     for cells in strat_t["rows"][:-1]:
         row = dict(zip(strat_t["headers"], cells))
@@ -330,6 +390,14 @@ def test_real_audit_strategies_and_sensitivity_agree_with_the_json_runs(real_exp
     b = dict(zip(sens_t["headers"], sens_t["rows"][1]))
     healthy = [r["final"]["g_L"] for r in runs.values() if "b" not in r["final"]["fired"]]
     assert agrees(b["healthy edge"], min(healthy))
+    d = dict(zip(sens_t["headers"], sens_t["rows"][2]))
+    measured = [r for r in runs.values() if r["method"] != "frozen" and r["final"]["baseline_acc"] is not None]
+    fired = [r for r in measured if "d" in r["final"]["fired"]]
+    assert d["diagnostic"] == "(d) depth utility" and len(measured) == 10  # every run but the two frozen
+    assert (int(d["healthy runs"]), int(d["degenerate runs"])) == (len(measured) - len(fired), len(fired))
+    gaps = [r["final"]["test_acc"] - r["final"]["baseline_acc"] for r in measured if r not in fired]
+    if gaps:
+        assert d["healthy edge"].endswith(" pp") and agrees(d["healthy edge"].removesuffix(" pp"), min(gaps), 100)
 
 
 def test_export_writes_markdown_to_a_file_with_out(real_export, tmp_path):

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 from test_markdown import PINNED, md_tables, unescape
-from test_tables import edge_audit, main_audit  # noqa: F401  (fixtures)
+from test_tables import edge_audit, main_audit, record  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from engine.audit import Audit
+from engine.config import Thresholds
 from engine.hooks import HOOKS_LOG, AlertHook, alert_json, parse_command
 from engine.latex import SYMBOLS, latex_text, render_latex, table_latex
 from engine.markdown import render_markdown
-from engine.tables import Table, audit_tables
-from engine.verdicts import DIAGNOSTICS, Alert
+from engine.tables import Table, audit_tables, page_tables
+from engine.verdicts import DIAGNOSTICS, Alert, evaluate, new_alerts
 from faeval_tui.cli import app
 from tests.conftest import tiny
 
@@ -70,24 +71,28 @@ def numbers(cell: str) -> list[str]:
     return NUMBER.findall(cell)
 
 
-def test_latex_has_one_booktabs_table_per_engine_table_with_its_caption_alignment_and_notes(main_audit):  # noqa: F811
+def test_latex_has_one_booktabs_table_per_table_or_part_with_its_caption_alignment_and_notes(main_audit):  # noqa: F811
     text = render_latex(main_audit, provenance=PINNED)
-    tables = audit_tables(main_audit)
+    tables = page_tables(audit_tables(main_audit))  # the wide ones split as in the markdown
     blocks = latex_blocks(text)
-    assert [b["caption"] for b in blocks] == ["Audit", "Per layer", "Penalty sweep", "Reporting strategies",
-                                             "Threshold sensitivity"] == [t.title for t in tables]
+    assert [b["caption"] for b in blocks] == [
+        "Audit (1 of 3): outcome", "Audit (2 of 3): credit alignment", "Audit (3 of 3): scale, reference and stability",
+        "Per layer (1 of 2): alignment", "Per layer (2 of 2): norms", "Penalty sweep", "Reporting strategies",
+        "Threshold sensitivity"] == [t.title for t in tables]
     for block, table in zip(blocks, tables):
         assert block["spec"] == "".join("r" if n else "l" for n in table.numeric())
         assert len(block["rows"]) == len(table.rows)
         assert block["notes"].count(r"\par" + "\n") == len(table.notes)
-        assert r"\par\smallskip{\footnotesize\raggedright" in block["notes"]
-    assert blocks[0]["spec"] == "lrrlrrrrrrrrrll"  # method λ n status … verdict, first fire
-    assert blocks[0]["header"] == (
-        r"method & $\lambda$ & n & status & acc \% & gap pp & $\Gamma$ & deep cos & deep $\rho$ & "
-        r"$\lVert h_L \rVert$ & $\lVert g_L \rVert$ & max growth & stability & verdict & "
-        r"first fire (epoch, per seed) \\")
+        assert (r"\par\smallskip{\footnotesize\raggedright" in block["notes"]) == bool(table.notes)
+    assert blocks[0]["spec"] == "lrrlrrll"  # method λ n status acc gap verdict, first fire
+    assert blocks[0]["header"] == r"method & $\lambda$ & n & status & acc \% & gap pp & verdict & first fire \\"
+    assert blocks[2]["spec"] == "lrrrrrrl" and blocks[2]["header"] == (
+        r"method & $\lambda$ & n & $\lVert h_L \rVert$ & $\lVert g_L \rVert$ & max growth & stability & "
+        r"(c) mode \\")
     assert text.startswith("% faeval audit: golden\n% exported: 2026-01-01T00:00:00+00:00 by faeval-tui ")
-    assert r"\label{tab:golden-audit}" in text and r"\label{tab:golden-sensitivity}" in text
+    for key in ("audit-outcome", "audit-alignment", "audit-scale", "layers-alignment", "layers-norms", "penalty",
+                "strategies", "sensitivity"):
+        assert text.count(rf"\label{{tab:golden-{key}}}") == 1
 
 
 @pytest.mark.parametrize("which", ["main", "edge"])
@@ -99,7 +104,7 @@ def test_latex_is_structurally_sound_and_its_numbers_are_the_markdowns(which, ma
     for line in tex.splitlines():
         if not line.startswith("%"):
             assert len(re.findall(r"(?<!\\)\$", line)) % 2 == 0, line  # math opened is closed on its line
-    assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == 5
+    assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == len(page_tables(audit_tables(audit))) == 8
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == len(md)
     for block, parsed in zip([b for b in latex_blocks(tex) if b["spec"]], md):
         width = len(block["spec"])
@@ -150,10 +155,36 @@ def test_export_latex_writes_the_same_text_to_stdout_and_to_out(new_audit, tmp_p
     res2 = cli.invoke(app, ["export", str(audit.path), "-f", "latex", "--out", str(out)], env=env)
     assert res2.exit_code == 0 and out.read_text(encoding="utf-8") == res.stdout
     assert res2.stderr.strip() == str(out)
-    assert res.stdout.count(r"\toprule") == 4  # no penalty reruns: that table is its note alone
+    shown = [t for t in page_tables(audit_tables(Audit.open(audit.path))) if t.rows]
+    assert res.stdout.count(r"\toprule") == len(shown)  # no penalty reruns: that table is its note alone
+    assert [t.key for t in shown if t.key.startswith("audit")][0] == "audit-outcome"  # split as in the markdown
     assert r"\caption{Penalty sweep}" in res.stdout and "no penalty reruns" in res.stdout
     bad = cli.invoke(app, ["export", str(audit.path), "--format", "pdf"])
     assert bad.exit_code == 2 and "--format latex" in bad.stderr
+
+
+# ---- the alerts' text -------------------------------------------------------------------
+
+def test_a_depth_alert_reads_accuracy_in_percent_like_the_tables_and_the_hook_keeps_fractions():
+    th = Thresholds(persist={"d": 1})
+    rec = evaluate(record(3, 0.7694, 0.95), th)
+    (alert,) = new_alerts("fa-s42", [], rec, th)
+    assert alert.headline == "(d) depth utility fired at epoch 3: accuracy 76.94% < frozen baseline 95.00%"
+    assert (alert.value, alert.threshold) == (0.7694, 0.95)  # the hook's JSON: the record's own numbers
+    margin = Thresholds(depth_margin=0.005, persist={"d": 2})
+    recs = [evaluate(record(e, 0.7694, 0.95), margin) for e in (1, 2)]
+    (alert,) = new_alerts("fa-s42", recs[:1], recs[1], margin)
+    assert alert.headline == ("(d) depth utility fired at epoch 2 (fired on every epoch since 1): accuracy 76.94% "
+                              "< 95.50% (frozen baseline 95.00% +0.50 pp)")
+    assert alert.text.startswith("fa-s42: (d) depth utility fired at epoch 2") and "0.7694" not in alert.text
+
+
+def test_scale_and_reference_alerts_keep_their_own_units():
+    th = Thresholds(growth=50.0)
+    rec = evaluate(record(1, 0.3, 0.28, growth=80.0, g_L=1e-9), th)
+    alerts = {a.diagnostic: a.headline for a in new_alerts("fa-s1", [], rec, th)}
+    assert alerts == {"a": "(a) scale stability fired at epoch 1: growth = 80.0 > 50.0",
+                      "b": "(b) reference validity fired at epoch 1: g_L = 1.00e-9 < 1.00e-7"}
 
 
 # ---- run --strict -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from engine.tables import (
     audit_table,
     audit_tables,
     layer_table,
+    n_cell,
     num,
     pct,
     penalty_table,
@@ -169,14 +170,33 @@ def test_percent_and_percentage_points():
     assert (pct(0.4907), pp(0.0322), pp(-0.121), pct(NAN), pp(None)) == ("49.07", "+3.22", "-12.10", "nan", DASH)
 
 
-def test_stat_is_mean_and_sample_std_and_says_n_1_instead_of_a_std():
+def test_stat_is_mean_and_sample_std_and_a_single_value_stands_alone():
     s = Stat.of([1.0, 2.0, 3.0, None])
     assert (s.mean, s.std, s.n) == (2.0, 1.0, 3)
-    assert s.cell() == "2.00 ± 1.00" and s.cell(n_row=4) == "2.00 ± 1.00 (n=3)"
-    assert Stat.of([0.5]).cell(pct) == "50.00 (n=1)"
+    assert s.cell() == "2.00 ± 1.00" and s.cell(n_row=3) == "2.00 ± 1.00"
+    assert s.cell(n_row=4) == "2.00 ± 1.00 (n=3)"  # fewer values than the row's n: said in the cell
+    assert Stat.of([0.5]).cell(pct) == "50.00" and Stat.of([0.5]).cell(pct, n_row=1) == "50.00"
+    assert Stat.of([0.5]).cell(pct, n_row=2) == "50.00 (n=1)"
     assert Stat.of([]).cell() == DASH
     assert Stat.of([1.0, NAN]).cell() == "nan ± nan"
     assert Stat.of([1.0, INF]).cell() == "inf ± nan"
+
+
+@pytest.mark.parametrize("values, text", [
+    ([1.0, 1.0 + 4e-16], "1.00 ± 0"),  # float noise, not 2.83e-16: the seeds agree to the digits shown
+    ([2.0, 2.0], "2.00 ± 0"), ([0.179, 0.17945], "0.179 ± 0"),
+    ([9.0, 9.28], "9.14 ± 0.20"),  # not 0.198: no more decimals than the mean
+    ([0.05, -0.1], "-0.0250 ± 0.106"),  # fewer decimals than the mean: num's 3 significant digits
+    ([260.0, 270.0], "265 ± 7"),
+    ([5e-4, 5e-4], "5.00e-4 ± 0"),  # a mean in scientific notation keeps num's std
+    ([0.0, 0.0], "0 ± 0"), ([-0.001, 0.001], "0 ± 0.00141"),  # a mean of 0 shows no decimals to follow
+    ([1.0, NAN], "nan ± nan")])
+def test_a_std_never_shows_more_decimals_than_its_mean(values, text):
+    assert Stat.of(values).cell() == text
+
+
+def test_n_reads_k_of_n_only_while_runs_are_missing():
+    assert (n_cell(2, 2), n_cell(1, 3), n_cell(0, 2)) == ("2", "1/3", "0/2")
 
 
 # ---- audit table -------------------------------------------------------------------
@@ -190,26 +210,28 @@ def test_audit_table_means_stds_and_gap_over_seeds(main_audit):
     bp = row(audit_table(main_audit), "bp")
     assert bp["n"] == "2" and bp["status"] == "finished"
     assert bp["acc %"] == "53.00 ± 1.41"  # 0.52, 0.54
-    assert bp["gap pp"] == "+24.00 ± 0.00"  # 0.52 − 0.28, 0.54 − 0.30
-    assert bp["verdict"] == "TRUSTWORTHY" and bp["first fire (epoch, per seed)"] == DASH
+    assert bp["gap pp"] == "+24.00 ± 0"  # 0.52 − 0.28, 0.54 − 0.30: in pp too, 0 is 0
+    assert bp["verdict"] == "TRUSTWORTHY" and bp["first fire"] == DASH
+    assert bp["stability"] == "0.100 ± 0" and bp["(c) mode"] == "noise"
+    assert not any("(n=" in c for r in audit_table(main_audit).rows for c in r)  # every cell over both seeds
 
 
 def test_mode1_run_is_walked_back_with_first_fires_and_degenerate_cosines_marked(main_audit):
     t = audit_table(main_audit)
     fa = row(t, "fa", "0")
-    assert fa["verdict"] == "WALKED BACK via (a)+(b), drift 1/2"
-    assert fa["first fire (epoch, per seed)"] == "(a) 3, 3; (b) 4, 4"
+    assert fa["verdict"] == "WALKED BACK via (a)+(b)"  # (c)'s sub-mode has a column of its own
+    assert fa["first fire"] == "(a) 3, 3; (b) 4, 4"
     assert fa["Γ"] == "0.143 ± 0 †" and fa["deep cos"].endswith("†") and fa["deep ρ"].endswith("†")
     assert fa["‖g_L‖"] == "2.55e-8 ± 3.46e-8" and fa["max growth"] == "195 ± 148"
-    assert fa["stability"] == "0.300 ± 0.283 drift 1/2"
+    assert fa["stability"] == "0.300 ± 0.283" and fa["(c) mode"] == "drift 1/2"
     assert any("† measured while (b) fired (in 2 of 10 runs)" in n for n in t.notes)
     assert row(t, "fa", "0.01")["verdict"] == "TRUSTWORTHY" and "†" not in row(t, "fa", "0.01")["Γ"]
 
 
 def test_depth_utility_walks_back_a_method_below_its_frozen_baseline(main_audit):
     dfa = row(audit_table(main_audit), "dfa")
-    assert dfa["verdict"] == "WALKED BACK via (d), noise"
-    assert dfa["gap pp"] == "-3.50 ± 0.71" and dfa["first fire (epoch, per seed)"] == "(d) 1, 1"
+    assert dfa["verdict"] == "WALKED BACK via (d)" and dfa["(c) mode"] == "noise"
+    assert dfa["gap pp"] == "-3.50 ± 0.71" and dfa["first fire"] == "(d) 1, 1"
     assert row(audit_table(main_audit), "frozen")["gap pp"] == DASH
 
 
@@ -217,7 +239,7 @@ def test_tables_follow_the_thresholds_given_not_the_ones_recorded(main_audit):
     cfg = main_audit.cfg.model_copy(deep=True)
     cfg.thresholds.growth = 500.0  # fa's growth 300 and 90 no longer fire (a)
     fa = row(audit_table(main_audit, cfg), "fa", "0")
-    assert fa["first fire (epoch, per seed)"] == "(b) 4, 4" and "via (b)," in fa["verdict"]
+    assert fa["first fire"] == "(b) 4, 4" and fa["verdict"] == "WALKED BACK via (b)"
 
 
 # ---- per-layer and penalty tables ---------------------------------------------------------
@@ -244,6 +266,7 @@ def test_penalty_table_sweeps_lambda_for_methods_with_reruns_only(main_audit):
     assert [(r[0], r[1]) for r in t.rows] == [("fa", "0"), ("fa", "0.01")]
     lam = row(t, "fa", "0.01")
     assert lam["‖h_L‖"] == "8.00 ± 0" and lam["‖g_L‖"] == "3.00e-4 ± 0" and lam["verdict"] == "TRUSTWORTHY"
+    assert row(t, "fa", "0")["verdict"] == "WALKED BACK via (a)+(b)"
     assert row(t, "fa", "0")["‖h_L‖"] == "9.81e4 ± 1.16e5"  # 2·300², 2·90²
 
 
@@ -258,7 +281,7 @@ def test_penalty_table_says_when_there_are_no_reruns(tmp_path):
 def test_penalty_table_lists_planned_reruns_that_have_not_trained(tmp_path):
     runs = {k: v for k, v in main_runs().items() if "lam" not in k}
     t = penalty_table(write_audit(tmp_path, main_cfg(), runs))
-    assert [(r[0], r[1], r[2]) for r in t.rows] == [("fa", "0", "2"), ("fa", "0.01", "0")]
+    assert [(r[0], r[1], r[2]) for r in t.rows] == [("fa", "0", "2"), ("fa", "0.01", "0/2")]
     assert row(t, "fa", "0.01")["verdict"] == "not started" and row(t, "fa", "0.01")["acc %"] == "—"
 
 
@@ -285,10 +308,10 @@ def test_sensitivity_gives_edges_interval_and_gap(main_audit):
     t = sensitivity_table(main_audit)
     a, b = row(t, "(a) scale stability"), row(t, "(b) reference validity")
     assert (a["healthy runs"], a["degenerate runs"], a["healthy edge"], a["degenerate edge"]) == ("8", "2", "2.00", "90.0")
-    assert a["thresholds keeping every verdict"] == "[2.00, 90.0)" and a["gap ratio"] == "45.0"
+    assert a["thresholds keeping every verdict"] == "[2.00, 90.0)" and a["separation"] == "×45.0"
     assert (b["healthy edge"], b["degenerate edge"], b["thresholds keeping every verdict"]) == \
         ("2.00e-4", "5.00e-8", "(5.00e-8, 2.00e-4]")
-    assert b["gap ratio"] == "4000" and b["reading"] == "separated by a factor 4000"
+    assert b["separation"] == "×4000" and b["reading"] == "separated by a factor 4000"
     assert t.data[0]["degenerate"] == ["fa-s1", "fa-s2"]
 
 
@@ -296,7 +319,7 @@ def test_sensitivity_says_plainly_when_no_run_fired(tmp_path):
     runs = {k: v for k, v in main_runs().items() if not k.startswith("fa-s")}
     a = row(sensitivity_table(write_audit(tmp_path, main_cfg(), runs)), "(a) scale stability")
     assert a["reading"] == "no run fired (a); any threshold ≥ 2.00 keeps the verdicts"
-    assert a["thresholds keeping every verdict"] == "[2.00, inf)" and a["gap ratio"] == DASH
+    assert a["thresholds keeping every verdict"] == "[2.00, inf)" and a["separation"] == DASH
 
 
 # ---- robustness: NaN/inf, in progress, failed, single seed ------------------------------
@@ -307,20 +330,21 @@ def test_edge_runs_are_labelled_not_crashed_on(edge_audit):
     assert status == {"bp": "finished", "fa": "diverged at epoch 3/4", "fa-0.01": "running, epoch 0/4",
                       "dfa": "running, epoch 3/4", "frozen": "failed at epoch 1/4: RuntimeError: shape | mismatch"}
     fa = row(t, "fa", "0")
-    assert fa["‖h_L‖"] == "inf (n=1)" and fa["max growth"] == "inf (n=1)" and fa["‖g_L‖"] == "nan (n=1)"
+    assert fa["‖h_L‖"] == "inf" and fa["max growth"] == "inf" and fa["‖g_L‖"] == "nan"  # one seed: values alone
     # a NaN stability never fires (c): its sub-mode is "unknown"; the walk-back is (a)+(b)
-    assert fa["Γ"] == "nan (n=1) †" and fa["verdict"] == "WALKED BACK via (a)+(b), unknown"
+    assert fa["Γ"] == "nan †" and fa["verdict"] == "WALKED BACK via (a)+(b)" and fa["(c) mode"] == "unknown"
     empty = row(t, "fa", "0.01")
-    assert empty["n"] == "0" and empty["acc %"] == DASH and empty["verdict"] == "NO DATA"
+    assert empty["n"] == "0/1" and empty["acc %"] == DASH and empty["verdict"] == "NO DATA"
+    assert empty["(c) mode"] == DASH
     bp = row(t, "bp")
-    assert bp["acc %"] == "52.00 (n=1)" and bp["gap pp"] == DASH  # no baseline at the last epoch
+    assert bp["n"] == "1" and bp["acc %"] == "52.00" and bp["gap pp"] == DASH  # no baseline at the last epoch
 
 
 def test_rho_from_an_earlier_epoch_is_marked_stale(edge_audit):
     t = audit_table(edge_audit)
-    assert row(t, "dfa")["deep ρ"] == "0.0750 (n=1) ‡"
+    assert row(t, "dfa")["deep ρ"] == "0.0750 ‡"
     assert any(n.startswith("‡ deep ρ of dfa-s1 is from an earlier epoch") for n in t.notes)
-    assert row(layer_table(edge_audit), "dfa", "0", "0")["ρ_l"] == "0.200 (n=1) ‡"
+    assert row(layer_table(edge_audit), "dfa", "0", "0")["ρ_l"] == "0.200 ‡"
 
 
 def test_sensitivity_counts_nan_runs_apart(edge_audit):
@@ -355,3 +379,141 @@ def test_sensitivity_flags_a_narrow_gap(main_audit):
     a = row(sensitivity_table(main_audit, tight), "(a) scale stability")
     assert (a["healthy edge"], a["degenerate edge"], a["degenerate runs"]) == ("1.80", "2.00", "4")
     assert a["reading"] == "separated by a factor 1.11: barely; moving the threshold by less than ×2 changes a verdict"
+
+
+# ---- n, the λ column, (d)'s sensitivity, the split for a page ------------------------------
+
+def test_a_mean_over_fewer_runs_than_planned_says_so_and_a_full_one_does_not(tmp_path):
+    runs = {k: v for k, v in main_runs().items() if k != "bp-s2"}  # bp-s2 planned, never started
+    frozen = runs["frozen-s2"]  # the seed-2 baseline failed after epoch 3: seed 2 has no gap at epoch 4
+    runs["frozen-s2"] = (*frozen[:3], frozen[3][:3], {"status": "failed", "message": "killed"})
+    t = audit_table(write_audit(tmp_path, main_cfg(), runs))
+    bp, fa, frozen_row = row(t, "bp"), row(t, "fa", "0"), row(t, "frozen")
+    assert bp["n"] == "1/2" and bp["status"] == "1 finished; s2 not started"
+    assert bp["acc %"] == "52.00" and bp["Γ"] == "1.00"  # over the one run the row's n says
+    assert fa["n"] == "2" and fa["gap pp"] == "+3.00 (n=1)"  # fewer than the row's n: said in the cell
+    assert fa["acc %"] == "32.00 ± 1.41"
+    assert frozen_row["n"] == "2" and not any("(n=" in c for c in frozen_row.values())  # full n: no n in a cell
+    assert (t.data[0]["n"], t.data[0]["planned"]) == (1, 2)
+
+
+def test_an_audit_without_penalty_reruns_has_no_lambda_column(tmp_path):
+    cfg = main_cfg()
+    cfg.penalties = []
+    audit = write_audit(tmp_path, cfg, {k: v for k, v in main_runs().items() if "lam" not in k})
+    for table in (audit_table(audit), layer_table(audit)):
+        assert "λ" not in table.headers and table.headers[0] == "method"
+    assert row(audit_table(audit), "fa")["verdict"] == "WALKED BACK via (a)+(b)"
+    assert layer_table(audit, by="run").headers[:3] == ["run", "λ", "layer"]  # one run's table keeps its layout
+    assert "λ" in audit_table(write_audit(tmp_path, main_cfg(), main_runs(), name="with")).headers
+
+
+def test_sensitivity_of_d_counts_the_runs_it_measures_and_gives_the_margins_in_pp(main_audit):
+    t = sensitivity_table(main_audit)
+    assert [r[0] for r in t.rows] == ["(a) scale stability", "(b) reference validity", "(d) depth utility"]
+    d = row(t, "(d) depth utility")
+    # gaps: bp +24, +24; fa +3, +3; fa λ +16, +15; dfa −3, −4; frozen: no baseline of its own
+    assert (d["fires when"], d["healthy runs"], d["degenerate runs"]) == ("gap < +0.00 pp", "6", "2")
+    assert (d["healthy edge"], d["degenerate edge"]) == ("+3.00 pp", "-3.00 pp")
+    assert d["thresholds keeping every verdict"] == "(-3.00, +3.00] pp" and d["separation"] == "6.00 pp"
+    assert d["reading"] == "separated by 6.00 pp"
+    data = t.data[2]
+    assert data["degenerate"] == ["dfa-s1", "dfa-s2"] and data["unmeasured"] == ["frozen-s1", "frozen-s2"]
+    assert t.notes[1] == ("(d) at margins -2.00, -1.00, +0.00, +1.00, +2.00 pp fires on 2, 2, 2, 2, 2 of the 8 runs "
+                          "it measures; 2 run(s) without a baseline at their latest epoch (the frozen runs "
+                          "themselves, or a baseline that failed or lags) are not counted for (d).")
+
+
+def test_sensitivity_of_d_follows_the_declared_margin(main_audit):
+    cfg = main_cfg()
+    cfg.thresholds.depth_margin = 0.025  # fa's +3.00 pp still clears it; at +3.50 pp fa fires too
+    t = sensitivity_table(main_audit, cfg)
+    d = row(t, "(d) depth utility")
+    assert (d["fires when"], d["healthy runs"], d["degenerate runs"]) == ("gap < +2.50 pp", "6", "2")
+    assert [(round(s["margin"], 4), s["degenerate"]) for s in t.data[2]["sweep"]] == [
+        (0.005, 2), (0.015, 2), (0.025, 2), (0.035, 4), (0.045, 4)]
+    tight = main_cfg()
+    tight.thresholds.depth_margin = 0.035  # fa fires: the edges are fa's +3.00 and fa λ's +15.00
+    d = row(sensitivity_table(main_audit, tight), "(d) depth utility")
+    assert (d["healthy runs"], d["degenerate runs"], d["healthy edge"], d["degenerate edge"]) == \
+        ("4", "4", "+15.00 pp", "+3.00 pp")
+    near = main_cfg()
+    near.thresholds.depth_margin = 0.155  # fa λ's gaps +16 and +15 fall either side: 1.00 pp apart
+    assert row(sensitivity_table(main_audit, near), "(d) depth utility")["reading"] == "separated by 1.00 pp"
+    near.thresholds.depth_margin = -0.035  # dfa's −3 and −4 either side: a negative margin
+    d = row(sensitivity_table(main_audit, near), "(d) depth utility")
+    assert (d["fires when"], d["healthy edge"], d["degenerate edge"]) == ("gap < -3.50 pp", "-3.00 pp", "-4.00 pp")
+    near.thresholds.depth_margin = 0.2  # bp's +24 healthy, fa λ's +16 the degenerate edge
+    assert row(sensitivity_table(main_audit, near), "(d) depth utility")["separation"] == "8.00 pp"
+
+
+def test_sensitivity_of_d_flags_edges_less_than_a_point_apart(tmp_path):
+    done = {"status": "finished"}
+    runs = {"frozen-s1": ("frozen", 1, 0.0, [record(1, 0.28, None)], done),
+            "bp-s1": ("bp", 1, 0.0, [record(1, 0.285, 0.28)], done),  # +0.50 pp
+            "dfa-s1": ("dfa", 1, 0.0, [record(1, 0.279, 0.28)], done)}  # −0.10 pp
+    d = row(sensitivity_table(write_audit(tmp_path, main_cfg(), runs)), "(d) depth utility")
+    assert (d["healthy runs"], d["degenerate runs"], d["separation"]) == ("1", "1", "0.60 pp")
+    assert d["reading"] == "separated by 0.60 pp: barely; moving the margin by less than 1 pp changes a verdict"
+
+
+def test_sensitivity_of_d_without_any_baseline_says_so(edge_audit):
+    t = sensitivity_table(edge_audit)
+    d = row(t, "(d) depth utility")
+    assert (d["healthy runs"], d["degenerate runs"], d["thresholds keeping every verdict"]) == ("0", "0", DASH)
+    assert d["reading"] == "no run has a baseline to measure (d) against"
+    assert t.notes[-1] == ("4 run(s) without a baseline at their latest epoch (the frozen runs themselves, or a "
+                           "baseline that failed or lags) are not counted for (d).")
+
+
+def test_width_is_the_widest_cell_per_column_and_three_characters_between():
+    from engine.tables.pages import width
+
+    assert width(["a", "bb"], [["ccc", "d"], ["e"]]) == 3 + 3 + 2
+    assert width(["‖h_L‖"], []) == 5  # characters, not bytes
+
+
+def test_the_audit_table_is_split_into_parts_keyed_by_method_lambda_and_n(main_audit):
+    from engine.tables.pages import PAGE_WIDTH, columns, split, width
+
+    whole = audit_table(main_audit)
+    assert width(whole.headers, whole.rows) > PAGE_WIDTH  # 16 columns
+    parts = split(whole)
+    assert [p.title for p in parts] == ["Audit (1 of 3): outcome", "Audit (2 of 3): credit alignment",
+                                        "Audit (3 of 3): scale, reference and stability"]
+    assert [p.key for p in parts] == ["audit-outcome", "audit-alignment", "audit-scale"]
+    assert [p.headers[3:] for p in parts] == [
+        ["status", "acc %", "gap pp", "verdict", "first fire"], ["Γ", "deep cos", "deep ρ"],
+        ["‖h_L‖", "‖g_L‖", "max growth", "stability", "(c) mode"]]
+    for part in parts:
+        assert part.headers[:3] == ["method", "λ", "n"]
+        for prow, wrow in zip(part.rows, whole.rows):  # the same cells, under the same headers
+            assert dict(zip(part.headers, prow)).items() <= dict(zip(whole.headers, wrow)).items()
+        assert len(part.rows) == len(whole.rows)
+    # a part is one group, or groups that fit the page together
+    assert width(*columns(whole, parts[1].headers + parts[2].headers[3:])) > PAGE_WIDTH
+    assert all(width(p.headers, p.rows) <= PAGE_WIDTH for p in parts[1:])
+    first, align, scale = (p.notes for p in parts)
+    assert first[0].startswith("mean ± std over seeds") and not any(n.startswith("mean ± std") for n in align + scale)
+    assert any(n.startswith("first fire:") for n in first) and any(n.startswith("alerts:") for n in first)
+    assert align == ["† measured while (b) fired (in 2 of 10 runs): reference at the floor, not credit quality"]
+    assert scale == [n for n in whole.notes if n.startswith("(c) mode:")]
+    assert sorted(first + align + scale) == sorted(whole.notes)  # every note, once
+
+
+def test_groups_share_a_part_while_they_fit_and_narrow_or_ungrouped_tables_stay_whole(main_audit):
+    from engine.tables.pages import page_tables, split
+
+    whole = audit_table(main_audit)
+    assert split(whole, page=1000) == [whole]
+    wider = split(whole, page=150)  # alignment and scale fit one part of 150 characters
+    assert [p.title for p in wider] == ["Audit (1 of 2): outcome",
+                                        "Audit (2 of 2): credit alignment, scale, reference and stability"]
+    assert wider[1].headers == ["method", "λ", "n", "Γ", "deep cos", "deep ρ", "‖h_L‖", "‖g_L‖", "max growth",
+                                "stability", "(c) mode"]
+    assert [len(p.headers) for p in split(whole, page=10)] == [8, 6, 8]  # a group is never broken up
+    strategies, penalty = strategy_table(main_audit), penalty_table(main_audit)
+    assert split(strategies) == [strategies] and split(penalty) == [penalty]  # no groups: kept whole
+    assert [t.key for t in page_tables(audit_tables(main_audit))] == [
+        "audit-outcome", "audit-alignment", "audit-scale", "layers-alignment", "layers-norms", "penalty",
+        "strategies", "sensitivity"]

@@ -7,23 +7,26 @@ runs (``RunLog`` or ``RunView``) so the console can call it on in-memory logs wh
 audit trains. Column definitions: docs/tables.md.
 
 Over seeds a cell is mean ± std (ddof = 1) of the runs' latest epoch records; a cell
-over a single value shows "(n=1)" instead of a std. Verdicts are re-evaluated from the
-records under the thresholds in ``cfg`` (``verdicts.evaluate``), so a table never
-disagrees with the declared thresholds.
+over a single value shows it alone, and "(n=k)" only when it is over fewer runs than its
+row's n; the row's n reads "k/N" while only k of its N planned runs have an epoch.
+Verdicts are re-evaluated from the records under the thresholds in ``cfg``
+(``verdicts.evaluate``), so a table never disagrees with the declared thresholds.
 
-    cells        pct, pp, Stat, mark, Table, the † and ‡ markers
+    cells        Stat, n_cell, mark, Table, ColumnGroup, the † and ‡ markers (pct, pp from fmt)
     runs         RunView (one run under the thresholds), grouping by method and λ, footnotes
     audit        audit_table          layers       layer_table
     penalty      penalty_table        strategies   strategy_table
     sensitivity  sensitivity_table
+    pages        page_tables: the wide tables split for the markdown and LaTeX exports
 """
 from __future__ import annotations
 
 from ..config import AuditConfig
 from ..fmt import DASH, num
 from .audit import audit_table
-from .cells import DAGGER, DEGENERATE_NOTE, STALE, Stat, Table, lam_cell, mark, pct, pp
+from .cells import DAGGER, DEGENERATE_NOTE, STALE, ColumnGroup, Stat, Table, lam_cell, mark, n_cell, pct, pp
 from .layers import layer_table
+from .pages import PAGE_WIDTH, page_tables
 from .penalty import penalty_table
 from .runs import (
     Footnotes,
@@ -36,6 +39,7 @@ from .runs import (
     group_status,
     group_verdict,
     groups,
+    has_penalties,
     n_classes,
     submode_cell,
     views,
@@ -52,8 +56,9 @@ def audit_tables(source: Source, cfg: AuditConfig | None = None) -> list[Table]:
             sensitivity_table(vs, cfg)]
 
 
-__all__ = ["DAGGER", "DASH", "DEGENERATE_NOTE", "STALE", "STRATEGIES", "STRATEGY_HEADERS", "Footnotes", "RunLike",
-           "RunView", "Source", "Stat", "Table", "audit_table", "audit_tables", "audit_views", "config_of",
-           "first_fire_cell", "group_status", "group_verdict", "groups", "lam_cell", "layer_table", "mark",
-           "n_classes", "num", "pct", "penalty_table", "pp", "sensitivity_row", "sensitivity_table",
-           "strategy_table", "strategy_walks_back", "submode_cell", "views"]
+__all__ = ["DAGGER", "DASH", "DEGENERATE_NOTE", "PAGE_WIDTH", "STALE", "STRATEGIES", "STRATEGY_HEADERS",
+           "ColumnGroup", "Footnotes", "RunLike", "RunView", "Source", "Stat", "Table", "audit_table",
+           "audit_tables", "audit_views", "config_of", "first_fire_cell", "group_status", "group_verdict", "groups",
+           "has_penalties", "lam_cell", "layer_table", "mark", "n_cell", "n_classes", "num", "page_tables", "pct",
+           "penalty_table", "pp", "sensitivity_row", "sensitivity_table", "strategy_table", "strategy_walks_back",
+           "submode_cell", "views"]

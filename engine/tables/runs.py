@@ -116,6 +116,11 @@ def n_classes(cfg: AuditConfig) -> int:
     return dims[1] if dims else cfg.synthetic.classes
 
 
+def has_penalties(runs: list[RunView], cfg: AuditConfig) -> bool:
+    """Does the audit plan or hold penalty reruns? Without, the tables leave out their λ column."""
+    return bool(cfg.penalties) or any(r.log.penalty for r in runs)
+
+
 def model_of(run: RunView) -> str | None:
     """The network a run trained, by its name in an audit of several (None: the audit's only one)."""
     return run.log.header.model if run.log.header else None
@@ -175,14 +180,14 @@ def submode_cell(runs: list[RunView]) -> str:
 
 
 def group_verdict(runs: list[RunView]) -> str:
-    """The seeds' verdict when they agree (with the sub-mode if walked back), else each with its count."""
+    """The seeds' verdict when they agree, else each with its count. (c)'s sub-mode is not
+    part of it: the tables show it in a column of its own (``submode_cell``)."""
     live = [r for r in runs if r.final]
     labels = Counter(r.verdict.label for r in live)
     if not labels:
         return "NO DATA"
     if len(labels) == 1:
-        label = next(iter(labels))
-        return f"{label}, {submode_cell(live)}" if live[0].verdict.walked_back else label
+        return next(iter(labels))
     return "; ".join(f"{label} ({k}/{len(live)})" for label, k in labels.items())
 
 
