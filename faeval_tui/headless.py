@@ -16,7 +16,7 @@ from engine.control import Inbox
 from engine.data import TaskData
 from engine.eta import remaining_seconds
 from engine.events import BatchProgress, EpochDone, Event, RunEnded, RunStarted
-from engine.fmt import duration
+from engine.fmt import duration, pct
 from engine.records import Epoch
 from engine.scheduler import AuditRunner
 from engine.verdicts import Alert, verdict
@@ -24,7 +24,7 @@ from engine.verdicts import Alert, verdict
 
 def _line(run_id: str, rec: Epoch) -> str:
     fired = ",".join(rec.fired) or "-"
-    return (f"{run_id:<22} epoch {rec.epoch:>3}  acc {rec.test_acc:.4f}  growth {rec.growth:.3g}  "
+    return (f"{run_id:<22} epoch {rec.epoch:>3}  acc {pct(rec.test_acc)}%  growth {rec.growth:.3g}  "
             f"g_L {rec.g_L:.2e}  stab {rec.stability:+.2f}  Γ {rec.gamma:+.3f}  fired {fired}")
 
 
