@@ -26,28 +26,54 @@ async def select(pilot, run_id: str) -> None:
     await pilot.pause()
 
 
-def test_main_screen_wide(snap_compare, fixture_app: FaevalApp) -> None:
+SIZES = {"80x24": (80, 24), "160x48": (160, 48)}
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_main_screen(snap_compare, fixture_app: FaevalApp, size: str) -> None:
     async def before(pilot):
         await select(pilot, "dfa-s42")
-    assert snap_compare(fixture_app, terminal_size=(160, 48), run_before=before)
+    assert snap_compare(fixture_app, terminal_size=SIZES[size], run_before=before)
 
 
-def test_main_screen_80x24(snap_compare, fixture_app: FaevalApp) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_main_screen_growth_chart(snap_compare, fixture_app: FaevalApp, size: str) -> None:
     async def before(pilot):
-        await select(pilot, "dfa-s42")
-    assert snap_compare(fixture_app, terminal_size=(80, 24), run_before=before)
+        await select(pilot, "fa-s42")
+        await pilot.press("h")  # the first chart shows growth and its (a) line
+        pilot.app.flush()
+        await pilot.pause()
+    assert snap_compare(fixture_app, terminal_size=SIZES[size], run_before=before)
 
 
-def test_inspector_degenerate_epoch(snap_compare, fixture_app: FaevalApp) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_inspector_degenerate_epoch(snap_compare, fixture_app: FaevalApp, size: str) -> None:
     async def before(pilot):
         await select(pilot, "dfa-s42")
         await pilot.press("i")
         await pilot.pause()
-    assert snap_compare(fixture_app, terminal_size=(100, 32), run_before=before)
+    assert snap_compare(fixture_app, terminal_size=SIZES[size], run_before=before)
 
 
-def test_verdict_view(snap_compare, fixture_app: FaevalApp) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_verdict_view(snap_compare, fixture_app: FaevalApp, size: str) -> None:
     async def before(pilot):
         await pilot.press("v")
         await pilot.pause()
-    assert snap_compare(fixture_app, terminal_size=(140, 48), run_before=before)
+    assert snap_compare(fixture_app, terminal_size=SIZES[size], run_before=before)
+
+
+def test_verdict_view_scrolled_right_80x24(snap_compare, fixture_app: FaevalApp) -> None:
+    async def before(pilot):
+        await pilot.press("v")
+        await pilot.pause()
+        await pilot.press(*["right"] * 6)
+        await pilot.pause()
+    assert snap_compare(fixture_app, terminal_size=(80, 24), run_before=before)
+
+
+def test_help_80x24(snap_compare, fixture_app: FaevalApp) -> None:
+    async def before(pilot):
+        await pilot.press("question_mark")
+        await pilot.pause()
+    assert snap_compare(fixture_app, terminal_size=(80, 24), run_before=before)
