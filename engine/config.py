@@ -69,6 +69,21 @@ class DiagnosticsConfig(_Strict):
     null_every: int = Field(1, ge=1, description="null band every k epochs (always at the last)")
 
 
+class EPConfig(_Strict):
+    """Equilibrium propagation's nudged phase (method ``ep``; docs/protocol.md §3a). The defaults
+    are engine.methods.ep.EPSettings' (tested to agree)."""
+
+    beta: float = Field(1e-3, gt=0, le=10, description="nudge strength β of the loss in the energy; the credit "
+                        "−ε_l/β tends to the gradient as β → 0")
+    steps: int = Field(8, ge=1, le=10_000, description="gradient steps T of the nudged relaxation (each about "
+                       "one forward and backward pass)")
+    step_size: float = Field(1.0, gt=0, lt=2, description="the relaxation's step size η (errors: 1 converges on "
+                             "smooth networks; states: stable only well below 1)")
+    relaxation: Literal["errors", "states"] = Field(
+        "errors", description="descend in the prediction errors ε_l (fast, one backward sweep a step) or in the "
+                              "states h_l (the local dynamics; ill conditioned)")
+
+
 class Persist(_Strict):
     """The alert rule: a walk-back diagnostic alerts once it has fired on this many consecutive
     epochs. Measured on the default audits of 2026-12-02 (docs/protocol.md §8): bp's (d) fired
@@ -177,6 +192,7 @@ class AuditConfig(_Strict):
                          "fastest or close on an idle 2-core machine and never stalled on a busy one)")
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     thresholds: Thresholds = Thresholds()
+    ep: EPConfig = Field(default_factory=EPConfig, description="settings of method ep (equilibrium propagation)")
 
     @field_validator("name")
     @classmethod

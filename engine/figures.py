@@ -35,6 +35,7 @@ same bytes.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -57,9 +58,11 @@ WIDTH = 7.0  # inches: a two-column paper's full text width
 PNG_DPI = 300
 DODGE = 0.04  # decades between neighbouring methods' points on the λ axis
 
-# Okabe–Ito, readable with every common colour-vision deficiency; the frozen baseline is grey
-METHOD_COLOURS = {"bp": "#0072B2", "fa": "#D55E00", "dfa": "#009E73", "frozen": "#555555"}
-SPARE_COLOURS = ("#E69F00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
+# Okabe–Ito, readable with every common colour-vision deficiency; the frozen baseline is grey;
+# fa_lillicrap takes fa's neighbour (orange next to vermillion), ep the reddish purple
+METHOD_COLOURS = {"bp": "#0072B2", "fa": "#D55E00", "dfa": "#009E73", "frozen": "#555555",
+                  "fa_lillicrap": "#E69F00", "ep": "#CC79A7"}
+SPARE_COLOURS = ("#56B4E9", "#000000", "#F0E442")  # the palette's rest, for other methods in order
 REF = "#222222"  # threshold lines
 CHANCE = "#999999"
 THRESHOLD_STYLE = {"color": REF, "linestyle": (0, (1.2, 1.6)), "linewidth": 0.9}
@@ -321,8 +324,8 @@ def _write_csv(path: Path, fields: Sequence[str], rows: list[dict[str, Any]]) ->
 
 
 def method_colours(methods: Iterable[str]) -> dict[str, str]:
-    """One colour per method, the same in every figure: bp, fa, dfa and frozen fixed, others in order."""
-    out, spare = {}, iter(SPARE_COLOURS * 4)
+    """One colour per method, the same in every figure: those of METHOD_COLOURS fixed, others in order."""
+    out, spare = {}, itertools.cycle(SPARE_COLOURS)
     for m in methods:
         out[m] = METHOD_COLOURS.get(m) or next(spare)
     return out
@@ -731,7 +734,8 @@ def _layer_figure(cfg: AuditConfig, rows: list[dict[str, Any]], colours: dict[st
                 ax.set_ylabel("cos$_l$ (final epoch)")
             else:
                 ax.tick_params(labelleft=False)
-    handles: list[Any] = [Patch(facecolor="#888888", alpha=0.3, label="null band: null mean ± 2 std (fa, dfa)"),
+    handles: list[Any] = [Patch(facecolor="#888888", alpha=0.3,
+                                label="null band: null mean ± 2 std (fa, dfa, fa_lillicrap)"),
                           Line2D([], [], color="#444444", marker="o", linestyle="-", label="mean over seeds; "
                                  "points: seeds")]
     if degenerate_any:

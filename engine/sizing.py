@@ -13,11 +13,12 @@ engine holds at its high points, not every transient):
   while it labels them, or CIFAR's uint8 images (twice while the archives are concatenated);
 - per run trained at the same time (``min(workers, runs)``): parameters, gradients and
   AdamW's two moments (16 bytes per parameter, +2 for bfloat16 autocast's weight copies),
-  a method's feedback matrices, and the largest of
+  a method's feedback matrices (fa_lillicrap's: a copy of the weight matrices), and the largest of
   (a) a training batch's activations,
   (b) the diagnostic probe on ``n_samples`` (graph, hidden states, gradients, credits, a null
       draw) plus ρ's float64 model copy (8 bytes per parameter) and one chunk of perturbed rows,
-  (c) the checkpoint's serialised model and optimizer (12 bytes per parameter).
+  (c) the checkpoint's serialised model and optimizer (12 bytes per parameter);
+  ep adds its relaxation's copies of the hidden states to (a) and (b).
 
 ``device: cuda`` counts on the host only what is built there (the runtime, the task and each
 model before it moves); the GPU's memory is not checked. ``device: auto`` is estimated as the
@@ -74,18 +75,36 @@ def run_count(cfg: AuditConfig) -> int:
     return len(cfg.seeds) * (len(cfg.methods) + len(cfg.penalty_methods) * len(cfg.penalties))
 
 
+def _methods(cfg: AuditConfig) -> set[str]:
+    """Every method the audit trains (penalty reruns included)."""
+    return set(cfg.methods) | (set(cfg.penalty_methods) if cfg.penalties else set())
+
+
 def _feedback_floats(cfg: AuditConfig, net: ModelSpec, classes: int) -> int:
     """The largest method's feedback matrices: its B's and their product P, twice (a null
-    draw holds a fresh set while the run's own stay)."""
+    draw holds a fresh set while the run's own stay). fa_lillicrap's B's are one more copy of
+    the blocks' and the head's weight matrices (W1, W2 per block, H)."""
     d, L = net.d, net.L
-    methods = set(cfg.methods) | (set(cfg.penalty_methods) if cfg.penalties else set())
+    methods = _methods(cfg)
     sizes = [0]
     product = classes * (L + 1) * d
     if "fa" in methods:
         sizes.append(2 * (classes * d + L * d * d + product))
     if "dfa" in methods:
         sizes.append(2 * ((L + 1) * classes * d + product))
+    if "fa_lillicrap" in methods:
+        sizes.append(2 * (L * 2 * d * hidden_width(d, net.r) + classes * d))
     return max(sizes)
+
+
+EP_STATE_COPIES = 4  # ep's relaxation: its variables, their gradients, the free states and the next step's
+
+
+def _relaxation_floats(cfg: AuditConfig, rows: int, states: int) -> int:
+    """Floats ep's nudged phase holds beyond an ordinary pass over ``rows`` samples of ``states``
+    hidden-state floats each (0 when the audit has no ep run); its per-step graph is a
+    training pass's, counted already."""
+    return EP_STATE_COPIES * rows * states if "ep" in _methods(cfg) else 0
 
 
 def breakdown(cfg: AuditConfig) -> dict[str, int]:
@@ -128,6 +147,10 @@ def _per_run(cfg: AuditConfig, net: ModelSpec, in_dim: int, classes: int) -> tup
         rows = RHO_CHUNK_ROWS if big <= 512 else max(dg.rho_directions, RHO_CHUNK_ROWS * 512 // big)
         rho = P * F64 + max(1, rows // dg.rho_directions) * dg.rho_directions * act * F64
         feedback = 4 * classes * states + net.L * net.d ** 2 + max(sizes) * net.d  # DFA: B, P twice; FA: maps, fc
+        if "fa_lillicrap" in _methods(cfg):
+            feedback = max(feedback, 2 * P)  # a B per weight matrix (at most P floats), twice for a null draw
+        train += _relaxation_floats(cfg, cfg.batch_size, states) * F32
+        probe += _relaxation_floats(cfg, dg.n_samples, states) * F32
         state = 4 * P * F32 + (2 * P if cfg.precision == "bf16" else 0) + feedback * F32
         return state + max(train, probe + rho, 3 * P * F32), P
     d, L, h = net.d, net.L, hidden_width(net.d, net.r)
@@ -137,6 +160,8 @@ def _per_run(cfg: AuditConfig, net: ModelSpec, in_dim: int, classes: int) -> tup
     per_layer = 6 * d + 3 * h
     train = cfg.batch_size * (2 * in_dim + L * per_layer + 2 * (L + 1) * d + 4 * classes) * F32
     probe = dg.n_samples * (2 * in_dim + L * per_layer + 6 * (L + 1) * d + 4 * classes) * F32
+    train += _relaxation_floats(cfg, cfg.batch_size, (L + 1) * d) * F32
+    probe += _relaxation_floats(cfg, dg.n_samples, (L + 1) * d) * F32
     rows = max(1, RHO_CHUNK_ROWS // dg.rho_directions) * dg.rho_directions
     rho = (P * F64 + 2 * dg.rho_samples * d * F64 + 2 * dg.rho_samples * dg.rho_directions * F64
            + rows * (28 * d + (3 * d + 2 * h) * F64))

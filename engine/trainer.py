@@ -27,7 +27,7 @@ from .diagnostics import DiagnosticSettings
 from .diagnostics import epoch_record as measured_record
 from .errors import FaevalError, StoreError
 from .events import BatchProgress, EpochDone, Listener, RunEnded, RunStarted
-from .methods import Method, get_method
+from .methods import Method, build_method
 from .models import build_model, model_args
 from .plan import RunSpec, make_header
 from .records import SCHEMA_VERSION, End, Epoch, Start, now_iso
@@ -45,8 +45,8 @@ class RunParts:
         self.model_args = model_args(net, int(task.in_dim), int(task.n_classes), task.image_shape)
         self.model = build_model(net, int(task.in_dim), int(task.n_classes), task.image_shape,
                                  torch.Generator().manual_seed(derive_seed(spec.seed, "init"))).to(device)
-        self.method: Method = get_method(spec.method)(
-            self.model, task.n_classes, torch.Generator().manual_seed(derive_seed(spec.seed, "feedback")))
+        self.method: Method = build_method(spec.method, self.model, task.n_classes,
+                                           torch.Generator().manual_seed(derive_seed(spec.seed, "feedback")), cfg)
         self.steps_per_epoch = math.ceil(task.x_train.shape[0] / cfg.batch_size)
         total = cfg.epochs * self.steps_per_epoch
         # fused: one kernel for every parameter (the per-tensor loop cost ~40% of a CPU step)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from importlib.metadata import entry_points
+from typing import Any
 
 from .base import Method, Probe, output_error
 
@@ -54,6 +55,17 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def build_method(name: str, model, n_classes: int, generator, config: Any = None) -> Method:
+    """An instance of method ``name`` for ``model``. A method that names a ``config_section``
+    gets that section of ``config`` (an ``AuditConfig``) as the keyword ``options``; without a
+    config, or for a method without one, it is built as ``cls(model, n_classes, generator)``."""
+    cls = get_method(name)
+    section = getattr(cls, "config_section", None)
+    if section and config is not None:
+        return cls(model, n_classes, generator, options=getattr(config, section))  # type: ignore[call-arg]
+    return cls(model, n_classes, generator)
+
+
 def get_method(name: str) -> type[Method]:
     _discover()
     try:
@@ -62,5 +74,5 @@ def get_method(name: str) -> type[Method]:
         raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
 
 
-__all__ = ["Method", "Probe", "available_methods", "get_method", "output_error", "register_method",
+__all__ = ["Method", "Probe", "available_methods", "build_method", "get_method", "output_error", "register_method",
            "unregister_method"]

@@ -10,6 +10,11 @@ owns the model's optimizer (built over ``trainable_parameters``); a method with
 its own machinery (a learned-feedback probe's auxiliary networks and optimizers,
 an equilibrium method's two phases) keeps it inside the instance and exposes it
 through ``state_dict`` so checkpoints and resume cover it.
+
+A method with settings of its own names the audit config's section that holds them in
+``config_section`` (``ep`` reads ``ep: {beta, steps, ...}``); ``engine.methods.build_method``
+then passes that section to the constructor as the keyword ``options``. A method without
+one is built as ``cls(model, n_classes, generator)``, as every plugin always was.
 """
 from __future__ import annotations
 
@@ -63,6 +68,8 @@ class Method(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    # the AuditConfig section handed to __init__ as ``options`` (None: the constructor takes none)
+    config_section: ClassVar[str | None] = None
 
     def __init__(self, model: Auditable, n_classes: int, generator: torch.Generator) -> None:
         self.n_classes = n_classes
