@@ -22,6 +22,7 @@ _EXPORTS = {
     "register_method": "methods", "unregister_method": "methods",
     "Auditable": "model", "ResMLP": "model",
     "Epoch": "records", "Header": "records", "Start": "records", "End": "records",
+    "Tracker": "tracker", "freeze_blocks": "tracker",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -129,6 +129,23 @@ class AuditResult:
         return layer_table([log], by="run")
 
 
+def prepare_model(model: Auditable, x: Tensor) -> int:
+    """The model's class count, from one eval-mode forward pass of ``x[:1]``; a model with
+    neither ``state_shapes`` nor a width ``d`` (a ``HiddenStateAdapter``) is given the shapes of
+    its hidden states, which fa/dfa size their feedback matrices from."""
+    with torch.no_grad():
+        was_training = model.training  # type: ignore[attr-defined]
+        model.eval()  # type: ignore[attr-defined]
+        try:
+            hs = model.hidden_states(x[:1])[0]
+            n_classes = model.forward_from(model.depth, hs[-1]).shape[-1]
+        finally:
+            model.train(was_training)  # type: ignore[attr-defined]
+    if getattr(model, "state_shapes", None) is None and not hasattr(model, "d"):
+        model.state_shapes = [tuple(h.shape[1:]) for h in hs]  # what fa/dfa size their feedback from
+    return int(n_classes)
+
+
 def _method(credit: Method | CreditFn | str, model: Auditable, n_classes: int,
             generator: torch.Generator) -> Method:
     if isinstance(credit, Method):
@@ -158,14 +175,7 @@ def audit_model(model: Auditable, x: Tensor, y: Tensor, credit: Method | CreditF
     """
     gen = torch.Generator().manual_seed(seed)
     th = thresholds or Thresholds()
-    with torch.no_grad():
-        was_training = model.training  # type: ignore[attr-defined]
-        model.eval()  # type: ignore[attr-defined]
-        hs = model.hidden_states(x[:1])[0]
-        n_classes = model.forward_from(model.depth, hs[-1]).shape[-1]
-        model.train(was_training)  # type: ignore[attr-defined]
-    if getattr(model, "state_shapes", None) is None and not hasattr(model, "d"):
-        model.state_shapes = [tuple(h.shape[1:]) for h in hs]  # what fa/dfa size their feedback from
+    n_classes = prepare_model(model, x)
     meth = _method(credit, model, n_classes, gen)
     settings = settings or DiagnosticSettings(rho_samples=min(1024, x.shape[0]),
                                               stability_batches=min(8, x.shape[0]))

@@ -1,7 +1,8 @@
 """An audit: its directory, its resolved configuration and its runs' records.
 
 ``engine.plan`` says which runs an audit has, ``engine.runstore`` how their files
-are laid out, and ``engine.scheduler`` trains them.
+are laid out, and ``engine.scheduler`` trains them. A *tracked* audit (``engine.tracker``)
+was measured in the user's own training loop: its runs are the ones on disk, not a plan's.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .records import Header
 from .runstore import (
     CHECKPOINT,
     RECORDS,
+    TRACKED,
     AuditLock,
     RunLog,
     append_line,
@@ -48,6 +50,24 @@ def fill_baselines(logs: dict[str, RunLog], cfg: AuditConfig, streaming: bool = 
                       for e in log.epochs]
 
 
+def new_audit_dir(runs_dir: Path | str, name: str) -> Path:
+    """A new, empty ``<runs_dir>/<name>-<date>-<time>`` (``-2``, ``-3`` … when taken)."""
+    runs_dir = Path(runs_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        path = safe_child(runs_dir, f"{name}-{stamp}")
+        n = 1
+        while path.exists():
+            n += 1
+            path = safe_child(runs_dir, f"{name}-{stamp}-{n}")
+        path.mkdir()
+    except OSError as err:
+        raise StoreError(f"cannot create an audit directory in {runs_dir}: {err.strerror}",
+                         "choose a writable --runs-dir") from None
+    return path
+
+
 class Audit:
     """An audit directory with its resolved configuration."""
 
@@ -57,19 +77,7 @@ class Audit:
 
     @classmethod
     def create(cls, cfg: AuditConfig, runs_dir: Path | str) -> Audit:
-        runs_dir = Path(runs_dir)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        try:
-            runs_dir.mkdir(parents=True, exist_ok=True)
-            path = safe_child(runs_dir, f"{cfg.name}-{stamp}")
-            n = 1
-            while path.exists():
-                n += 1
-                path = safe_child(runs_dir, f"{cfg.name}-{stamp}-{n}")
-            path.mkdir()
-        except OSError as err:
-            raise StoreError(f"cannot create an audit directory in {runs_dir}: {err.strerror}",
-                             "choose a writable --runs-dir") from None
+        path = new_audit_dir(runs_dir, cfg.name)
         write_config(path, cfg.dump())
         return cls(path, cfg)
 
@@ -80,9 +88,21 @@ class Audit:
             raise StoreError(f"{path} is not a directory", "give an audit directory that `faeval-tui run` printed")
         return cls(path, validate(read_config(path), str(path / "config.yaml")))
 
+    @property
+    def tracked(self) -> bool:
+        """Measured in the user's own training loop (``engine.tracker``): its runs are those on
+        disk, and the engine never trains them."""
+        return (self.path / TRACKED).is_file()
+
     def planned(self) -> list[RunSpec]:
-        """The config's plan plus runs added later (penalty reruns from the console)."""
-        specs = {s.run_id: s for s in plan_runs(self.cfg)}
+        """The config's plan plus runs added later (penalty reruns from the console); a tracked
+        audit's runs are the ones on disk, frozen baselines first."""
+        if self.tracked:
+            return sorted(self._on_disk({}).values(), key=lambda s: s.method != "frozen")
+        return list(self._on_disk({s.run_id: s for s in plan_runs(self.cfg)}).values())
+
+    def _on_disk(self, specs: dict[str, RunSpec]) -> dict[str, RunSpec]:
+        """``specs`` plus every run directory with records that is not among them."""
         for run_dir in list_runs(self.path):
             if run_dir.name in specs:
                 continue
@@ -94,7 +114,7 @@ class Audit:
                 spec = dataclasses.replace(RunSpec.of(h), run_id=run_dir.name)  # the header's exact λ
             if spec is not None:
                 specs[spec.run_id] = spec
-        return list(specs.values())
+        return specs
 
     def add_run(self, spec: RunSpec) -> None:
         """Put a run outside the config's plan (a penalty rerun) on disk at once, so a
@@ -117,9 +137,15 @@ class Audit:
     def log(self, rid: str) -> RunLog:
         """One run's records, with its baseline's accuracies (see ``logs``)."""
         logs = {rid: self._read(rid)}
-        base = baseline_run(self.cfg, self._spec(rid, logs[rid]))
+        spec, header = self._spec(rid, logs[rid]), logs[rid].header
+        if header is not None and header.baseline is not None:  # the baseline its header names
+            spec = dataclasses.replace(spec, baseline=header.baseline)
+        base = baseline_run(self.cfg, spec)
         if base is not None:
-            logs[base] = self._read(base)
+            try:
+                logs[base] = self._read(base)
+            except StoreError:  # a hand-edited header naming no valid run: (d) is not measured
+                pass
         fill_baselines(logs, self.cfg)
         return logs[rid]
 

@@ -192,16 +192,23 @@ def header_markdown(cfg: AuditConfig, runs: Sequence[RunLike], name: str | None 
     pen = (f"; penalty reruns λ ∈ {{{', '.join(f'{x:g}' for x in cfg.penalties)}}} for "
            f"{', '.join(cfg.penalty_methods)}" if cfg.penalties else "")
     states = Counter(r.status for r in views(runs, cfg))
+    headers = [v.log.header for v in views(runs, cfg) if v.log.header is not None]
+    scripts = sorted({h.script or "?" for h in headers if h.source == "tracker"})
+    model_line = (
+        f"- **model{'s' if cfg.multi_model else ''}**: {model}; {cfg.epochs} epochs, batch "
+        f"{cfg.batch_size}, lr {cfg.lr:g}, {cfg.schedule} schedule"
+        # bf16 trains a slightly different network (verdicts on a threshold's edge can flip): say so
+        + ("; training steps in bfloat16 (autocast), every measurement in float32"
+           if cfg.precision == "bf16" else ""))
+    if scripts:  # the user's network and recipe: the config's model keys are the engine's defaults, not theirs
+        model_line = (f"- **model**: the user's own, trained in their own loop ({', '.join(scripts)}) and "
+                      f"measured by engine.tracker; {cfg.epochs} epochs")
     lines = [
         f"# faeval audit: {name or cfg.name}", "",
         provenance_line(cfg, provenance),
         preset_line(cfg),
         f"- **data**: {data}",
-        f"- **model{'s' if cfg.multi_model else ''}**: {model}; {cfg.epochs} epochs, batch "
-        f"{cfg.batch_size}, lr {cfg.lr:g}, {cfg.schedule} schedule"
-        # bf16 trains a slightly different network (verdicts on a threshold's edge can flip): say so
-        + ("; training steps in bfloat16 (autocast), every measurement in float32"
-           if cfg.precision == "bf16" else ""),
+        model_line,
         f"- **methods**: {', '.join(cfg.methods)}{pen}",
         f"- **seeds**: {', '.join(map(str, cfg.seeds))}",
         f"- **thresholds**: (a) growth > {num(th.growth)}; (b) ‖g_L‖ < {num(th.g_floor)}; (c) stability > "

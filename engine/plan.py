@@ -20,10 +20,12 @@ class RunSpec:
     penalty: float = 0.0
     parent: str | None = None
     model: str | None = None  # the network's name in an audit of several (``models``); None: the only one
+    baseline: str | None = None  # (d)'s baseline when the header names one (``Header.baseline``)
 
     @classmethod
     def of(cls, header: Header) -> RunSpec:
-        return cls(header.run_id, header.method, header.seed, header.penalty, header.parent, header.model)
+        return cls(header.run_id, header.method, header.seed, header.penalty, header.parent, header.model,
+                   header.baseline)
 
 
 def run_id(method: str, seed: int, penalty: float = 0.0, model: str | None = None) -> str:
@@ -82,9 +84,17 @@ def plan_runs(cfg: AuditConfig) -> list[RunSpec]:
     return specs
 
 
+GIVEN_BASELINE = "given"  # Header.baseline: each epoch's baseline_acc was recorded by the writer itself
+
+
 def baseline_run(cfg: AuditConfig, spec: RunSpec) -> str | None:
     """The frozen run whose accuracy (d) compares ``spec`` against, if the audit has one: the
-    same network's, of the same seed."""
-    if spec.method == "frozen" or "frozen" not in cfg.methods:
+    same network's, of the same seed; or the run its header names (``Header.baseline``, written
+    by ``engine.tracker``), None when its header says the records hold the baseline themselves."""
+    if spec.method == "frozen":
+        return None
+    if spec.baseline is not None:
+        return None if spec.baseline == GIVEN_BASELINE else spec.baseline
+    if "frozen" not in cfg.methods:
         return None
     return run_id("frozen", spec.seed, model=spec.model)

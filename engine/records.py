@@ -4,7 +4,8 @@ The trainer, ``engine.api``, the run store, the console, the tables and the test
 fixtures build and read these models and nothing else, so a field that exists on one
 path exists on all of them (``tests/test_records.py`` holds that).
 
-    Header   who the run is and the whole config it trains under (first line)
+    Header   who the run is and the whole config it trains under (first line); for a run
+             measured in the user's own loop (``engine.tracker``) also the script and its baseline
     Start    training (re)starts after ``epoch`` (0, or a checkpoint's epoch)
     Epoch    one epoch's measurements: the protocol's per-layer lists and scalars
     End      how the run ended: finished, diverged, failed or stopped
@@ -85,6 +86,13 @@ class Header(Line):
     dataset: str
     created: str = Field(default_factory=now_iso)
     config: dict[str, Any] = Field(default_factory=dict)
+    # who measured the run (optional, so lines written before they existed still read):
+    # None, the engine trained it; "tracker", the user's own loop did and engine.tracker measured it
+    source: Optional[str] = None
+    script: Optional[str] = None  # the script that ran the user's loop (source "tracker")
+    # (d)'s baseline: None, the frozen run of the same seed (the engine's pairing, plan.baseline_run);
+    # a run id, that run; "given", each epoch's baseline_acc was recorded by the writer itself
+    baseline: Optional[str] = None
 
 
 class Start(Line):

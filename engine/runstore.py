@@ -2,10 +2,18 @@
 
     <runs-dir>/<audit>/
         config.yaml              the resolved preset (defaults ← YAML ← --set)
-        audit.lock               held by the process that trains (``watch`` never takes it)
+        audit.lock               held by the process that trains (``watch`` never takes it);
+                                 shared by the processes that track an audit (``engine.tracker``)
         <run_id>/records.jsonl   header line, a start line each time training (re)starts,
                                  one line per epoch, an end line
         <run_id>/checkpoint.pt   model, optimizer, scheduler, RNG states, method state (B's)
+
+An audit measured in the user's own training loop (``engine.tracker``) has no checkpoints;
+it has instead
+
+        tracked.json             what says so: the script, the diagnostic set's fingerprint
+        diagnostic_set.npz       the fixed diagnostic set every run was measured on
+        <run_id>/run.lock        held by the tracker writing that run (one writer per run)
 
 The lines are the typed records of ``engine.records`` (non-finite floats written as
 the strings "NaN", "Infinity" and "-Infinity", so every line is strict JSON). Each line
@@ -31,6 +39,8 @@ RECORDS = "records.jsonl"
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 LOCK = "audit.lock"
+TRACKED = "tracked.json"
+RUN_LOCK = "run.lock"
 
 
 def safe_child(parent: Path, name: str) -> Path:
@@ -360,10 +370,15 @@ class AuditLock:
 
     The kernel drops the lock when its process dies, so a lock left by ``kill -9`` is
     simply free again; the pid inside is only for the message.
+
+    ``shared``: the lock of a process that tracks runs of its own loop (``engine.tracker``):
+    several of them may write one audit, each run guarded by its ``RunLock``, while the
+    engine's exclusive lock is refused (and refuses them).
     """
 
-    def __init__(self, audit_dir: Path) -> None:
+    def __init__(self, audit_dir: Path, shared: bool = False) -> None:
         self.path = audit_dir / LOCK
+        self.shared = shared
         self._fd: int | None = None
 
     def acquire(self) -> AuditLock:
@@ -376,7 +391,7 @@ class AuditLock:
                              "audit to a writable disk and resume the copy, or follow it read-only with "
                              f"`faeval-tui watch {audit_dir}`") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             try:
@@ -393,8 +408,9 @@ class AuditLock:
             raise StoreError(f"cannot take the lock {self.path}: {(err.strerror or str(err)).lower()}",
                              "keep the audit on a local disk, or copy it to one and resume the copy") from None
         try:  # the pid is only for the message above: a disk too full to hold it does not matter
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.ftruncate(fd, 0)  # shared: several holders, so no pid (an old one would mislead)
+            if not self.shared:
+                os.write(fd, f"{os.getpid()}\n".encode())
         except OSError:
             pass
         self._fd = fd
@@ -414,15 +430,64 @@ class AuditLock:
 
     @staticmethod
     def is_held(audit_dir: Path) -> bool:
-        """True while some process (this one included) trains the audit."""
+        """True while some process (this one included) trains the audit, or tracks it (a shared
+        holder: the probe asks for the exclusive lock, which either kind refuses)."""
         path = audit_dir / LOCK
         if not path.exists():
             return False
         fd = os.open(path, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
         finally:
-            os.close(fd)  # closing drops the probe's shared lock
+            os.close(fd)  # closing drops the probe's lock
         return False
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run>/run.lock``: one writer per run of a tracked audit, so
+    two trackers (in one process or two) never append to the same records.jsonl. Dropped by
+    the kernel when its process dies, as ``AuditLock`` is."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / RUN_LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        run_dir = self.path.parent
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StoreError(f"cannot take the lock {self.path}: {(err.strerror or str(err)).lower()}",
+                             "the audit directory must be writable") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                pid = self.path.read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                pid = ""
+            who = ("another tracker in this process" if pid == str(os.getpid()) else
+                   f"another process (pid {pid})" if pid.isdigit() else "another process")
+            raise StoreError(f"run {run_dir.name} of {run_dir.parent} is being written by {who}",
+                             "one writer per run: close that tracker first, or track this run under "
+                             "another seed or method name") from None
+        except OSError as err:
+            os.close(fd)
+            raise StoreError(f"cannot take the lock {self.path}: {(err.strerror or str(err)).lower()}",
+                             "keep the audit on a local disk") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -10,7 +10,7 @@ from .audit import Audit
 from .checkpoint import check_audit_config, resume_state
 from .data import TaskData, check_diagnostic_size, load_task, loaded_from_config, task_fingerprint
 from .device import apply_threads, training_device
-from .errors import DataError
+from .errors import DataError, StoreError
 from .events import Listener, ignore
 from .plan import RunSpec
 from .runstore import AuditLock, list_runs, write_config
@@ -42,6 +42,11 @@ class AuditRunner:
 
     def __init__(self, audit: Audit, listener: Listener = ignore, workers: int | None = None,
                  task: TaskData | None = None, nice: int = 0) -> None:
+        if audit.tracked:  # its runs are the user's models, trained in the user's loop
+            raise StoreError(f"{audit.path} was measured in your own training loop (engine.tracker): the engine "
+                             "cannot train or resume its runs",
+                             f"rerun your script to track new runs; follow or report this one with "
+                             f"`faeval-tui watch {audit.path}` or `faeval-tui export {audit.path}`")
         self.audit = audit
         self.listener = listener
         self.workers = workers or audit.cfg.workers

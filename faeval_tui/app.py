@@ -179,6 +179,8 @@ class FaevalApp(LiveMixin, App[None]):
             left = remaining_seconds(runs, st.cfg.workers, st.cfg.epochs)
             if left:
                 text += f" · about {duration(left)} left"  # before the name: 80 columns cut the end
+        if self.audit is not None and self.audit.tracked:  # the config's model keys are not the user's network
+            return f"{text} · {st.path.name} · your own loop (tracked)"
         nets = st.cfg.variants()
         model = nets[0].model if len(nets) == 1 else f"{len(nets)} models"
         return f"{text} · {st.path.name} · {model} on {st.cfg.dataset}"

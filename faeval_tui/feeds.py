@@ -102,7 +102,7 @@ def resumable_audits(runs_dir: Path, cfg: AuditConfig) -> list[tuple[Audit, list
             audit = Audit.open(path)
         except Exception:  # a damaged or foreign directory is not a resume candidate
             continue
-        if audit.cfg.name != cfg.name:
+        if audit.cfg.name != cfg.name or audit.tracked:  # a tracked audit trains in its user's loop
             continue
         try:
             logs = audit.logs()
