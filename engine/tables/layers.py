@@ -63,9 +63,9 @@ def layer_table(runs: Source, cfg: AuditConfig | None = None, by: str = "method"
             data.append({"model": group_model(cfg, group), "name": name, "penalty": lam, "layer": l, "n": n,
                          "planned": len(group),
                          **{k: s.to_json() for k, s in stats.items()}})
-    null_note = (f"null band: cos_l under {cfg.diagnostics.null_draws} fresh random feedback draws (fa, dfa); z vs "
-                 "null = (cos_l − null mean) / null std, and |z| ≤ 2 is marked (noise): the training feedback does "
-                 "no better than a random one.")
+    null_note = (f"null band: cos_l under {cfg.diagnostics.null_draws} fresh random feedback draws (fa, "
+                 "fa_lillicrap, dfa); z vs null = (cos_l − null mean) / null std, and |z| ≤ 2 is marked "
+                 "(noise): the training feedback does no better than a random one.")
     marked = foot.notes(cfg)
     notes = ([N_NOTE] if by == "method" else []) + [null_note, *marked]
     col_groups = [ColumnGroup("alignment", "alignment", alignment, (null_note, *marked)),
