@@ -87,10 +87,12 @@ def check_owner(state: dict[str, Any], path, spec: RunSpec) -> None:
 # checksummed), the plan (methods, seeds, penalties, penalty_methods: which runs exist, not how
 # one trains; baselines are looked up again on reading) and the thresholds (fired, degenerate
 # and (d) are derived again from the measurements under the audit's thresholds on reading).
-# Every other key (and any key added later) is compared.
+# Where it runs (executor, slurm) and whether a finished identical run may be reused (reuse)
+# do not change what a run's training is either. Every other key (and any key added later) is compared.
 # data_path: the file may move; data_sha256, compared, pins what it holds
 UNCOMPARED = frozenset({"name", "description", "device", "workers", "threads", "data_dir", "download", "data_path",
-                        "methods", "seeds", "penalties", "penalty_methods", "thresholds"})
+                        "methods", "seeds", "penalties", "penalty_methods", "thresholds", "executor", "slurm",
+                        "reuse"})
 
 
 def config_changes(trained: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:

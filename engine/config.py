@@ -84,6 +84,23 @@ class EPConfig(_Strict):
                               "states h_l (the local dynamics; ill conditioned)")
 
 
+class SlurmConfig(_Strict):
+    """``executor: slurm``: one SLURM job per run, submitted with submitit (docs/slurm.md)."""
+
+    partition: str | None = Field(None, max_length=200, description="the partition (unset: the cluster's default)")
+    time_min: int = Field(60, ge=1, le=60 * 24 * 30, description="each job's time limit in minutes; a job that "
+                          "reaches it is requeued and resumes from its run's checkpoint")
+    cpus_per_run: int = Field(1, ge=1, le=256, description="CPUs per job (the run's threads follow it)")
+    gpus_per_run: int = Field(0, ge=0, le=16, description="GPUs per job")
+    mem_gb: float = Field(4.0, gt=0, le=4096, description="memory per job in GB")
+    extra: list[str] = Field(default_factory=list, description="extra #SBATCH lines, e.g. '--account=ml' or "
+                             "'--qos=low'")
+    folder: str | None = Field(None, description="where submitit keeps job scripts and logs (unset: "
+                               "<audit>/slurm/)")
+    cluster: Literal["slurm", "local"] = Field("slurm", description="submitit's backend: slurm, or local "
+                                               "(subprocesses, for tests without a cluster)")
+
+
 class Persist(_Strict):
     """The alert rule: a walk-back diagnostic alerts once it has fired on this many consecutive
     epochs. Measured on the default audits of 2026-12-02 (docs/protocol.md §8): bp's (d) fired
@@ -193,6 +210,11 @@ class AuditConfig(_Strict):
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     thresholds: Thresholds = Thresholds()
     ep: EPConfig = Field(default_factory=EPConfig, description="settings of method ep (equilibrium propagation)")
+    executor: Literal["local", "slurm"] = Field("local", description="where runs train: this machine, or one "
+                                                "SLURM job per run (slurm: …)")
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="the SLURM jobs' options (executor: slurm)")
+    reuse: bool = Field(True, description="reuse a finished identical run of another audit under the same runs "
+                        "dir instead of training it again (engine/reuse.py)")
 
     @field_validator("name")
     @classmethod
