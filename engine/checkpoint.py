@@ -5,6 +5,10 @@ cannot be trusted: a checkpoint that is empty, damaged or another run's, a check
 ahead of the records (the records are the source of truth: they are written first), or
 a config.yaml that no longer matches the config a run's header or checkpoint says it was
 trained under (``config_changes``: the one comparison).
+
+Kept checkpoints (config ``keep_checkpoints``) are copies of an epoch's checkpoint.pt in
+``<run>/checkpoints/epoch-0001.pt`` (``kept_path``), written before the rolling one and never
+deleted by it; resume never reads them. ``faeval-tui measure`` (``engine.remeasure``) does.
 """
 from __future__ import annotations
 
@@ -18,14 +22,40 @@ from typing import Any
 import torch
 
 from .audit import Audit
+from .config import KeepCheckpoints
 from .errors import StoreError
 from .plan import RunSpec, identity_mismatch
-from .records import SCHEMA_VERSION
+from .records import SCHEMA_VERSION, Epoch
 from .runstore import CHECKPOINT, CONFIG, RECORDS, RunLog, read_run
+from .verdicts import WALK_BACK
 
 _TORCH_ADVICE = re.compile(r"weights_only|trusted source|file an issue|documentation of torch\.load|safe_globals|"
                            r"internal miniz error|high likelihood|this can happen if|in pytorch 2\.\d", re.I)
 _RESTART = "delete it to restart that run from scratch"
+KEPT_DIR = "checkpoints"  # <run>/checkpoints/epoch-0001.pt: the kept checkpoints
+_KEPT_NAME = re.compile(r"epoch-(\d{4,})\.pt")
+
+
+def kept_path(run_dir: Path, epoch: int) -> Path:
+    """Where the kept checkpoint of ``epoch`` lives: ``<run>/checkpoints/epoch-0001.pt``."""
+    return run_dir / KEPT_DIR / f"epoch-{epoch:04d}.pt"
+
+
+def kept_epochs(run_dir: Path) -> list[int]:
+    """The epochs with a kept checkpoint in ``run_dir``, ascending (by file name)."""
+    try:
+        names = [p.name for p in (run_dir / KEPT_DIR).iterdir() if p.is_file()]
+    except OSError:
+        return []
+    return sorted(int(m[1]) for m in map(_KEPT_NAME.fullmatch, names) if m is not None)
+
+
+def keeps_epoch(policy: KeepCheckpoints, history: list[Epoch], rec: Epoch) -> bool:
+    """Does ``rec``'s epoch keep a checkpoint under ``policy``? ``history``: the run's earlier
+    epochs, which say whether a walk-back diagnostic (a), (b) or (d) fires for the first time."""
+    seen = {k for e in history if e.epoch < rec.epoch for k in e.fired}
+    first = any(k in WALK_BACK and k not in seen for k in rec.fired)
+    return policy.keeps(rec.epoch, first)
 
 
 def _load_reason(err: BaseException) -> str:
@@ -88,11 +118,12 @@ def check_owner(state: dict[str, Any], path, spec: RunSpec) -> None:
 # one trains; baselines are looked up again on reading) and the thresholds (fired, degenerate
 # and (d) are derived again from the measurements under the audit's thresholds on reading).
 # Where it runs (executor, slurm) and whether a finished identical run may be reused (reuse)
-# do not change what a run's training is either. Every other key (and any key added later) is compared.
+# do not change what a run's training is either, nor which epochs also keep a copy of their
+# checkpoint (keep_checkpoints). Every other key (and any key added later) is compared.
 # data_path: the file may move; data_sha256, compared, pins what it holds
 UNCOMPARED = frozenset({"name", "description", "device", "workers", "threads", "data_dir", "download", "data_path",
                         "methods", "seeds", "penalties", "penalty_methods", "thresholds", "executor", "slurm",
-                        "reuse"})
+                        "reuse", "keep_checkpoints"})
 
 
 def config_changes(trained: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -190,7 +221,9 @@ def resume_state(audit: Audit, spec: RunSpec) -> tuple[RunLog | None, dict[str, 
     return previous, state
 
 
-_CHECKPOINT_TMP = re.compile(rf"\.{re.escape(CHECKPOINT)}\.tmp(\d+)")  # atomic_write_bytes's temporary name
+# atomic_write_bytes's temporary names: of checkpoint.pt in the run directory, of a kept one in checkpoints/
+_CHECKPOINT_TMP = re.compile(rf"\.{re.escape(CHECKPOINT)}\.tmp(\d+)")
+_KEPT_TMP = re.compile(r"\.epoch-\d{4,}\.pt\.tmp(\d+)")
 
 
 def _alive(pid: int) -> bool:
@@ -206,14 +239,21 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_checkpoint_temps(run_dir: Path) -> None:
-    """Remove ``.checkpoint.pt.tmp<pid>`` files a killed process left in ``run_dir`` (only
-    that exact name, only of processes that are gone)."""
+    """Remove ``.checkpoint.pt.tmp<pid>`` files a killed process left in ``run_dir`` and
+    ``.epoch-0001.pt.tmp<pid>`` ones in its ``checkpoints/`` (only those exact names, only of
+    processes that are gone)."""
+    _remove_temps(run_dir, _CHECKPOINT_TMP)
+    if (run_dir / KEPT_DIR).is_dir():
+        _remove_temps(run_dir / KEPT_DIR, _KEPT_TMP)
+
+
+def _remove_temps(folder: Path, pattern: re.Pattern[str]) -> None:
     try:
-        entries = list(run_dir.iterdir())
+        entries = list(folder.iterdir())
     except OSError:
         return
     for path in entries:
-        m = _CHECKPOINT_TMP.fullmatch(path.name)
+        m = pattern.fullmatch(path.name)
         if m is not None and not _alive(int(m[1])):
             try:
                 if path.is_file() and not path.is_symlink():

@@ -101,6 +101,31 @@ class SlurmConfig(_Strict):
                                                "(subprocesses, for tests without a cluster)")
 
 
+class KeepCheckpoints(_Strict):
+    """Which epochs keep a checkpoint of their own (``<run>/checkpoints/epoch-0001.pt``) beside
+    the rolling ``checkpoint.pt``, for ``faeval-tui measure`` to re-measure later. A plain list
+    (``--set 'keep_checkpoints=[1,2,3]'``) is read as ``epochs``. Each kept file is a copy of
+    that epoch's checkpoint.pt (model, optimizer, method state: about 12 bytes per parameter)."""
+
+    epochs: list[int] = Field(default_factory=list, description="these epochs (each ≥ 1, ≤ epochs)")
+    every: int = Field(0, ge=0, le=100_000, description="every k-th epoch (0: none)")
+    first_fire: bool = Field(False, description="the epoch at which (a), (b) or (d) first fires for the run")
+
+    @field_validator("epochs")
+    @classmethod
+    def _plain_epochs(cls, v: list[int]) -> list[int]:
+        if any(e < 1 for e in v):
+            raise ValueError("epochs are numbered from 1")
+        if len(set(v)) != len(v):
+            raise ValueError("an epoch is listed twice")
+        return sorted(v)
+
+    def keeps(self, epoch: int, first_fired: bool = False) -> bool:
+        """Does ``epoch`` keep its checkpoint (``first_fired``: a walk-back diagnostic fired at it for
+        the first time in the run)?"""
+        return epoch in self.epochs or (self.every > 0 and epoch % self.every == 0) or (self.first_fire and first_fired)
+
+
 class Persist(_Strict):
     """The alert rule: a walk-back diagnostic alerts once it has fired on this many consecutive
     epochs. Measured on the default audits of 2026-12-02 (docs/protocol.md §8): bp's (d) fired
@@ -210,6 +235,9 @@ class AuditConfig(_Strict):
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     thresholds: Thresholds = Thresholds()
     ep: EPConfig = Field(default_factory=EPConfig, description="settings of method ep (equilibrium propagation)")
+    keep_checkpoints: KeepCheckpoints = Field(default_factory=KeepCheckpoints, description="epochs whose "
+                                              "checkpoint is kept for `faeval-tui measure` (a list of epochs, "
+                                              "or {epochs, every, first_fire})")
     executor: Literal["local", "slurm"] = Field("local", description="where runs train: this machine, or one "
                                                 "SLURM job per run (slurm: …)")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="the SLURM jobs' options (executor: slurm)")
@@ -251,6 +279,17 @@ class AuditConfig(_Strict):
     def _positive_penalties(cls, v: list[float]) -> list[float]:
         if any(not (math.isfinite(x) and x > 0) for x in v):
             raise ValueError("penalty λ values must be finite and > 0")
+        return v
+
+    @field_validator("keep_checkpoints", mode="before")
+    @classmethod
+    def _epoch_list(cls, v: Any) -> Any:
+        # the issue's spelling, --set 'keep_checkpoints=[1,2,3]': a list is the epochs to keep
+        if isinstance(v, list):
+            return {"epochs": v}
+        if not isinstance(v, (dict, KeepCheckpoints)):
+            raise ValueError("give a list of epochs, like [1, 2, 3], or a mapping of epochs (a list), every (k: "
+                             "every k-th epoch) and first_fire (true or false)")
         return v
 
     @model_validator(mode="before")
@@ -303,6 +342,10 @@ class AuditConfig(_Strict):
             raise ValueError("diagnostics.rho_samples must be ≤ diagnostics.n_samples")
         if self.diagnostics.n_samples % self.diagnostics.stability_batches:
             raise ValueError("diagnostics.n_samples must be a multiple of diagnostics.stability_batches")
+        late = [e for e in self.keep_checkpoints.epochs if e > self.epochs]
+        if late:
+            raise ValueError(f"keep_checkpoints.epochs: epoch {late[0]} is past the last epoch (epochs = "
+                             f"{self.epochs}); the last epoch's checkpoint is checkpoint.pt")
         # the diagnostic set is the first n_samples test samples: a smaller test set fails every run
         n = self.diagnostics.n_samples
         if self.dataset in ("digits", "npz"):

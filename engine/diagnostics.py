@@ -117,8 +117,7 @@ def perturbation_rho(model: Auditable, probe: Probe, credits: list[Tensor], n_sa
     activations stay in cache. The directions u are drawn in float32 and normalised in
     float64: uniform on the sphere either way, and δ is exact once drawn (a float64 draw
     cost a quarter of ρ's time)."""
-    model64 = copy.deepcopy(model).double()  # type: ignore[attr-defined]
-    model64.eval()
+    model64 = float64_copy(model)
     y = probe.y[:n_samples]
     rhos = []
     with torch.no_grad():
@@ -128,9 +127,7 @@ def perturbation_rho(model: Auditable, probe: Probe, credits: list[Tensor], n_sa
             a64 = a[:n_samples].double().flatten(1)
             base = F.cross_entropy(model64.forward_from(layer, h64), y, reduction="none")
             size = a64.shape[1]
-            # chunks of about chunk_rows states of up to 512 floats: bigger states, fewer rows
-            rows = chunk_rows if size <= 512 else max(directions, chunk_rows * 512 // size)
-            per_chunk = max(1, rows // directions)
+            per_chunk = max(1, _chunk_rows(size, chunk_rows, directions) // directions)
             h64 = h64.flatten(1)
             predicted, true = [], []
             for i in range(0, n_samples, per_chunk):
@@ -146,6 +143,62 @@ def perturbation_rho(model: Auditable, probe: Probe, credits: list[Tensor], n_sa
                 true.append(loss - base[i:i + per_chunk].repeat_interleave(directions))
             rhos.append(pearson(torch.cat(predicted), torch.cat(true)))
     return rhos
+
+
+def float64_copy(model: Auditable) -> Any:
+    """An eval-mode float64 deep copy of ``model``, for the measurements that perturb h_l."""
+    model64 = copy.deepcopy(model).double()  # type: ignore[attr-defined]
+    model64.eval()
+    return model64
+
+
+def _chunk_rows(size: int, chunk_rows: int, per_sample: int) -> int:
+    """Rows per chunk: about ``chunk_rows`` states of up to 512 floats (bigger states, fewer
+    rows), never fewer than one sample's ``per_sample`` rows."""
+    return chunk_rows if size <= 512 else max(per_sample, chunk_rows * 512 // size)
+
+
+NUDGE_ETA = 0.01  # the protocol's η
+
+
+def nudge_test(model: Auditable, probe: Probe, credits: list[Tensor], eta: float = NUDGE_ETA,
+               n_samples: int | None = None, chunk_rows: int = 1024) -> dict[str, list[Any]]:
+    """The protocol's on-demand nudging test, per layer l: move each sample's h_l against its
+    credit by a fraction η of its own norm and run the rest of the network from there,
+
+        Δℓ_n = ℓ_n(h_l[n] − η·‖h_l[n]‖·a_l[n]/‖a_l[n]‖) − ℓ_n(h_l[n]),
+
+    (norms per sample, as ρ's δ = ε·‖h_l[n]‖·u; ℓ_n the cross-entropy of sample n through
+    ``forward_from(l, ·)``), in a float64 copy of the model so a state at 1e8 still resolves.
+    Returns per layer ``nudge`` = mean_n Δℓ_n (negative: the credit points downhill),
+    ``nudge_std`` (over samples, ddof = 1) and ``nudge_excluded``, the samples left out
+    because ‖a_l[n]‖ is 0 or non-finite (no eps clamp, as for cos_l). On the first
+    ``n_samples`` samples (None: all), in chunks of about ``chunk_rows`` rows. Deterministic:
+    it draws nothing, so running it changes no other measurement."""
+    model64 = float64_copy(model)
+    n = probe.y.shape[0] if n_samples is None else min(n_samples, probe.y.shape[0])
+    y = probe.y[:n]
+    out: dict[str, list[Any]] = {"nudge": [], "nudge_std": [], "nudge_excluded": []}
+    with torch.no_grad():
+        for layer, (h, a) in enumerate(zip(probe.hs, credits)):
+            shape = h.shape[1:]
+            h64, a64 = h[:n].double().flatten(1), a[:n].double().flatten(1)
+            na = a64.norm(dim=1)
+            ok = (na > 0) & torch.isfinite(na)
+            step = max(1, _chunk_rows(h64.shape[1], chunk_rows, 2) // 2)  # two rows a sample
+            deltas = []
+            for i in range(0, n, step):
+                hc, ac, okc = h64[i:i + step], a64[i:i + step], ok[i:i + step]
+                unit = ac / torch.where(okc, na[i:i + step], 1.0)[:, None]
+                moved = hc - eta * hc.norm(dim=1, keepdim=True) * unit
+                both = torch.cat([hc, moved]).view(-1, *shape)  # one pass: the state and its nudge
+                loss = F.cross_entropy(model64.forward_from(layer, both), y[i:i + step].repeat(2), reduction="none")
+                deltas.append((loss[hc.shape[0]:] - loss[:hc.shape[0]])[okc])
+            m, s = mean_std(torch.cat(deltas))
+            out["nudge"].append(m)
+            out["nudge_std"].append(s)
+            out["nudge_excluded"].append(int((~ok).sum()))
+    return out
 
 
 def pearson(x: Tensor, y: Tensor) -> float:
@@ -166,6 +219,9 @@ class DiagnosticSettings:
     null_draws: int = 20
     measure_rho: bool = True
     measure_null: bool = True
+    # draw ρ's directions after the null band's, not before: a re-measurement (engine.remeasure)
+    # of an epoch whose training skipped ρ then draws that epoch's null band again exactly
+    rho_last: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -205,13 +261,17 @@ def measure(model: Auditable, method: Method, x: Tensor, y: Tensor, settings: Di
     rec["stability"] = stability(g[L], settings.stability_batches)
     t["stability"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    if settings.measure_rho:
-        rec["rho"] = perturbation_rho(model, probe, credits, min(settings.rho_samples, n),
-                                      settings.rho_directions, settings.rho_eps, generator)
-        t["rho"] = time.perf_counter() - t0
-    else:
-        rec["rho"] = None
+    def rho() -> None:
+        t0 = time.perf_counter()
+        if settings.measure_rho:
+            rec["rho"] = perturbation_rho(model, probe, credits, min(settings.rho_samples, n),
+                                          settings.rho_directions, settings.rho_eps, generator)
+            t["rho"] = time.perf_counter() - t0
+        else:
+            rec["rho"] = None
+
+    if not settings.rho_last:
+        rho()
     t0 = time.perf_counter()
     null = method.null_credits(probe, generator, settings.null_draws) if settings.measure_null else None
     if null is not None:
@@ -223,6 +283,8 @@ def measure(model: Auditable, method: Method, x: Tensor, y: Tensor, settings: Di
         t["null"] = time.perf_counter() - t0
     else:
         rec["null_mean"] = rec["null_std"] = None
+    if settings.rho_last:
+        rho()
     rec["gamma"] = _nanmean(cos)
     rec["deep_cos"] = _nanmean(cos[1:])
     rec["deep_rho"] = _nanmean(rec["rho"][1:]) if rec["rho"] is not None else None
@@ -282,15 +344,17 @@ def evaluate_accuracy(model: Auditable, batches, seen: tuple[Tensor, Tensor] | N
 def epoch_record(model: Auditable, method: Method, test_batches, x: Tensor, y: Tensor,
                  settings: DiagnosticSettings, generator: torch.Generator, thresholds: Thresholds, *, epoch: int,
                  baseline_acc: float | None = None, train_loss: float | None = None, lr: float | None = None,
-                 train_s: float | None = None, diagnostic_set_in_test: bool = False) -> Epoch:
+                 train_s: float | None = None, diagnostic_set_in_test: bool = False,
+                 probe: Probe | None = None) -> Epoch:
     """The epoch record every writer and reader shares: accuracy over ``test_batches``, every
     measurement on (x, y), and the fired set under ``thresholds``.
 
     With ``diagnostic_set_in_test`` (x, y) are test samples that ``test_batches`` leaves out:
     the probe's eval-mode forward pass over them counts toward the accuracy, which saves a
-    second pass over the diagnostic set (a tenth of CIFAR's test set)."""
+    second pass over the diagnostic set (a tenth of CIFAR's test set). ``probe``: the
+    caller's ``make_probe(model, x, y)``, to measure more on it afterwards."""
     t0 = time.perf_counter()
-    probe = make_probe(model, x, y)
+    probe = probe if probe is not None else make_probe(model, x, y)
     settings.timings["probe"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     acc, test_loss = evaluate_accuracy(model, test_batches, (probe.logits, y) if diagnostic_set_in_test else None)

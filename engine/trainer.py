@@ -4,6 +4,9 @@ Per epoch the host syncs once (the epoch's summed loss); batches are index gathe
 into resident tensors. The record is appended and fsynced first, then the
 checkpoint is written atomically, then the listener hears of it: after a crash the
 checkpoint is never ahead of the records, and a re-run epoch re-appends its line.
+An epoch that ``keep_checkpoints`` names also gets a copy of it in
+``<run>/checkpoints/epoch-0001.pt``, written just before the rolling checkpoint.pt (a crash
+between the two re-runs that epoch, which writes the copy again).
 
 Before a run (re)starts, ``engine.checkpoint.resume_state`` checks what it would
 continue from.
@@ -15,19 +18,27 @@ import math
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .audit import Audit
-from .checkpoint import check_owner, load_checkpoint, remove_stale_checkpoint_temps, resume_state
+from .checkpoint import (
+    check_owner,
+    keeps_epoch,
+    kept_path,
+    load_checkpoint,
+    remove_stale_checkpoint_temps,
+    resume_state,
+)
 from .config import AuditConfig
 from .data import TaskData, derive_seed
 from .diagnostics import DiagnosticSettings
 from .diagnostics import epoch_record as measured_record
 from .errors import FaevalError, StoreError
 from .events import BatchProgress, EpochDone, Listener, RunEnded, RunStarted
-from .methods import Method, build_method
+from .methods import Method, Probe, build_method
 from .models import build_model, model_args
 from .plan import RunSpec, make_header
 from .records import SCHEMA_VERSION, End, Epoch, Start, now_iso
@@ -57,6 +68,9 @@ class RunParts:
             self.optimizer, (lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))) if cosine
             else (lambda step: 1.0))
         self.shuffle = torch.Generator().manual_seed(derive_seed(spec.seed, "shuffle"))
+        # what ``faeval-tui measure`` checks a checkpoint against: who trained it, on which data
+        self.identity = {"method_name": spec.method, "seed": spec.seed,
+                         "task_fingerprint": task.loaded_from[1] if task.loaded_from else None}
         # bf16: the steps' products in bfloat16 (weights, optimizer and every measurement stay float32)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         self.epoch = 0
@@ -66,12 +80,26 @@ class RunParts:
                 "config": self.cfg.dump(), "model_args": dict(self.model_args),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng_shuffle": self.shuffle.get_state(),
-                "method": self.method.state_dict()}
+                "method": self.method.state_dict(), **self.identity}
 
     def save(self, path, spec: RunSpec) -> None:
+        atomic_write_bytes(Path(path), self._serialized(spec))
+
+    def save_kept(self, run_dir: Path, spec: RunSpec) -> None:
+        """This epoch's kept checkpoint (``checkpoint.kept_path``: what ``save`` writes, in a file
+        of its own that nothing deletes); written before the rolling one."""
+        kept = kept_path(run_dir, self.epoch)
+        try:
+            kept.parent.mkdir(exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create {kept.parent}: {err.strerror or err}",
+                             "check the disk has space and the audit directory is writable") from None
+        atomic_write_bytes(kept, self._serialized(spec))
+
+    def _serialized(self, spec: RunSpec) -> bytes:
         buf = io.BytesIO()
         torch.save(self.state(spec), buf)
-        atomic_write_bytes(path, buf.getvalue())
+        return buf.getvalue()
 
     def load(self, path, spec: RunSpec) -> None:
         state = load_checkpoint(path)
@@ -134,17 +162,27 @@ def train_epoch(parts: RunParts, task: TaskData, batch_size: int, penalty: float
     return total.item() / parts.steps_per_epoch  # the epoch's one host sync
 
 
-def epoch_record(parts: RunParts, cfg: AuditConfig, task: TaskData, train_loss: float, epoch: int, seed: int,
-                 baseline_acc: float | None = None, train_s: float | None = None
+def diagnostic_set(cfg: AuditConfig, task: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's fixed diagnostic set (x, y)."""
+    return task.diagnostic_set(cfg.diagnostics.n_samples, cfg.diagnostics.stability_batches)
+
+
+def epoch_record(parts: RunParts, cfg: AuditConfig, task: TaskData, train_loss: float | None, epoch: int, seed: int,
+                 baseline_acc: float | None = None, train_s: float | None = None,
+                 settings: DiagnosticSettings | None = None, probe: Probe | None = None
                  ) -> tuple[Epoch, dict[str, float]]:
-    """The run's record for ``epoch`` and the seconds each diagnostic took."""
-    settings = diagnostic_settings(cfg, epoch)
-    x, y = task.diagnostic_set(cfg.diagnostics.n_samples, cfg.diagnostics.stability_batches)
+    """The run's record for ``epoch`` and the seconds each diagnostic took. The measurement's
+    generator is always ``derive_seed(seed, "diagnostics", epoch)``'s, so a re-measurement of a
+    checkpoint (``engine.remeasure``: other ``settings``, its own ``probe`` of ``diagnostic_set``)
+    draws what training drew."""
+    settings = settings or diagnostic_settings(cfg, epoch)
+    x, y = (probe.x, probe.y) if probe is not None else diagnostic_set(cfg, task)
     gen = torch.Generator().manual_seed(derive_seed(seed, "diagnostics", epoch))
     # the diagnostic set is the first n test samples: the probe's forward pass counts for them
     rec = measured_record(parts.model, parts.method, task.test_batches(start=x.shape[0]), x, y, settings, gen,
                           cfg.thresholds, epoch=epoch, baseline_acc=baseline_acc, train_loss=train_loss,
-                          lr=parts.scheduler.get_last_lr()[0], train_s=train_s, diagnostic_set_in_test=True)
+                          lr=parts.scheduler.get_last_lr()[0], train_s=train_s, diagnostic_set_in_test=True,
+                          probe=probe)
     return rec, settings.timings
 
 
@@ -228,6 +266,8 @@ def train_run(audit: Audit, spec: RunSpec, task: TaskData, device: torch.device,
             parts.epoch = epoch
             bad = _nonfinite(rec)
             if not bad:
+                if keeps_epoch(cfg.keep_checkpoints, history, rec):
+                    parts.save_kept(run_dir, spec)  # first: a crash before checkpoint.pt re-runs the epoch
                 parts.save(ckpt_path, spec)
             history.append(rec)
             listener(EpochDone(spec.run_id, rec, alerts))

@@ -329,6 +329,41 @@ def figures(audit_dir: Annotated[Path, typer.Argument(help="Audit directory.")],
         fail(err)
 
 
+MEASURE_FORMATS = ("markdown", "json")
+
+
+@app.command()
+def measure(run_dir: Annotated[Path, typer.Argument(help="A run directory of an audit, like runs/<audit>/dfa-s42.")],
+            epoch: Annotated[Optional[int], typer.Option("--epoch", min=1, help="A kept epoch (config "
+                                                         "keep_checkpoints); default: the last checkpoint's.")] = None,
+            null_draws: Annotated[Optional[int], typer.Option("--null-draws", min=2, max=1000, help="Null-band "
+                                                              "draws (default: the audit's).")] = None,
+            rho_directions: Annotated[Optional[int], typer.Option("--rho-directions", min=1, max=4096, help="ρ "
+                                                                  "directions per sample (default: the audit's)."
+                                                                  )] = None,
+            nudge: Annotated[bool, typer.Option("--nudge", help="Add the nudging test: Δℓ when h_l moves by "
+                                                "−0.01·‖h_l‖·a_l/‖a_l‖.")] = False,
+            format_: Annotated[str, typer.Option("--format", "-f", help="markdown (the per-layer table) or json "
+                                                 "(every per-layer field)")] = "markdown",
+            debug: DebugOpt = False) -> None:
+    """Re-measure a saved checkpoint of a run with its training feedback, data and diagnostic set, and print the
+    per-layer table; writes nothing (with the defaults it reproduces that epoch's record)."""
+    global _debug
+    _debug = _debug or debug
+    from engine.remeasure import remeasure
+
+    try:
+        if format_ not in MEASURE_FORMATS:
+            raise FaevalError(f"unknown measure format {format_!r}", "use --format markdown or --format json")
+        result = remeasure(run_dir, epoch, null_draws, rho_directions, nudge)
+    except FaevalError as err:
+        fail(err)
+    if format_ == "json":
+        sys.stdout.write(json.dumps(result.to_json(), indent=2, allow_nan=False, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(result.to_markdown())
+
+
 @app.command()
 def bench(json_: Annotated[Optional[Path], typer.Option("--json", help="Write every figure to this JSON file.")] = None,
           markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the tables as markdown.")] = None,
