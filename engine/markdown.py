@@ -25,6 +25,7 @@ from .data import diagnostic_n_for
 from .errors import ConfigError
 from .fmt import num, pp
 from .models import describe
+from .runstore import RunLog
 from .sizing import image_shape
 from .tables import RunLike, Source, Table, audit_tables, config_of, page_tables, views
 from .yamlsafe import read_yaml
@@ -217,11 +218,29 @@ def header_markdown(cfg: AuditConfig, runs: Sequence[RunLike], name: str | None 
         "fired epochs",
         f"- **runs**: {sum(states.values())} (" + ", ".join(f"{v} {k}" for k, v in sorted(states.items())) + ")",
     ]
+    lines += reused_lines(views(runs, cfg))
     problems = [p for r in views(runs, cfg) for p in r.log.problems]
     if problems:  # a damaged record file is part of the report, never silently smoothed over
         lines.append(f"- **problems reading the records** ({len(problems)}):")
         lines += [f"  - {p}" for p in problems]
     return "\n".join(lines) + "\n"
+
+
+def reused_lines(runs: Sequence[RunLike]) -> list[str]:
+    """The header's line on the runs copied from an identical finished run of another audit
+    instead of trained (``engine.reuse``): each with its source, as ``<audit>/<run>``; none
+    when every run trained here."""
+    reused = []
+    for r in runs:
+        log = r if isinstance(r, RunLog) else r.log
+        if log.header is not None and log.header.reused_from:
+            src = Path(log.header.reused_from)
+            reused.append(f"{log.run_id} from {src.parent.name}/{src.name}")
+    if not reused:
+        return []
+    n = len(reused)
+    return [f"- **reused**: {n} run{'s' if n > 1 else ''} not trained here but copied from an identical finished run "
+            f"under the same runs dir, verified by its checksums (engine/reuse.py): {'; '.join(reused)}"]
 
 
 def render_tables(tables: Sequence[Table]) -> str:

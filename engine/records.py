@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from datetime import datetime, timezone
 from typing import Any, Literal, Optional, Union
 
@@ -93,12 +94,27 @@ class Header(Line):
     # (d)'s baseline: None, the frozen run of the same seed (the engine's pairing, plan.baseline_run);
     # a run id, that run; "given", each epoch's baseline_acc was recorded by the writer itself
     baseline: Optional[str] = None
+    # the run directory whose finished records and checkpoint this run copies instead of training
+    # (engine.reuse: an identical run of an audit under the same runs dir); None: trained here
+    reused_from: Optional[str] = None
+
+
+def _slurm_job() -> Optional[str]:
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def _slurm_restarts() -> Optional[int]:
+    count = os.environ.get("SLURM_RESTART_COUNT")
+    return int(count) if count and count.isdigit() else (0 if os.environ.get("SLURM_JOB_ID") else None)
 
 
 class Start(Line):
     type: Literal["start"] = "start"
     epoch: int = 0
     time: str = Field(default_factory=now_iso)
+    # the SLURM job this (re)start ran in and how often SLURM had requeued it (executor: slurm; None elsewhere)
+    job: Optional[str] = Field(default_factory=_slurm_job)
+    job_restarts: Optional[int] = Field(default_factory=_slurm_restarts)
 
 
 class Epoch(Line):

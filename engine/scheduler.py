@@ -1,7 +1,9 @@
-"""The scheduler: trains an audit's runs, ``workers`` at a time, frozen baselines first."""
+"""The scheduler: trains an audit's runs, ``workers`` at a time, frozen baselines first, and
+reuses a finished identical run of another audit instead of training it (``engine.reuse``)."""
 from __future__ import annotations
 
 import threading
+import traceback
 from typing import Any
 
 import torch
@@ -11,12 +13,26 @@ from .checkpoint import check_audit_config, resume_state
 from .data import TaskData, check_diagnostic_size, load_task, loaded_from_config, task_fingerprint
 from .device import apply_threads, training_device
 from .errors import DataError, StoreError
-from .events import Listener, ignore
+from .events import EpochDone, Listener, RunEnded, RunStarted, ignore
 from .plan import RunSpec
+from .records import Epoch, Header
+from .reuse import (
+    NotReusable,
+    Warn,
+    candidates,
+    copy_run,
+    fresh,
+    key_contents,
+    key_of,
+    remember,
+    stderr_warning,
+    verify,
+)
 from .runstore import AuditLock, list_runs, write_config
 from .sizing import check_fits
 from .trainer import train_run
 from .userdata import short
+from .verdicts import new_alerts
 from .worker import ChildTrainer, start_resource_tracker
 
 
@@ -38,10 +54,17 @@ class AuditRunner:
     data from its config: ``faeval-tui resume`` refuses it, and it resumes from Python with
     the same TaskData. An npz audit's ``data_sha256`` is its file's digest (``load_task``
     checks it); one created without it gets it on its first training.
+
+    Reuse (config ``reuse``, ``engine.reuse``): before a fresh run trains, a finished run with
+    the same key in an audit of the same runs dir is verified and copied instead, in this
+    process (before any child is spawned); the listener hears the events training would send.
+    ``reused`` maps each such run to its source directory; ``not_reused`` lists, per run, why
+    a candidate was refused, each also passed to ``warn`` (default: a line on stderr). A run
+    that ends finished here goes into the audit's index (``reuse.json``) for later audits.
     """
 
     def __init__(self, audit: Audit, listener: Listener = ignore, workers: int | None = None,
-                 task: TaskData | None = None, nice: int = 0) -> None:
+                 task: TaskData | None = None, nice: int = 0, warn: Warn | None = None) -> None:
         if audit.tracked:  # its runs are the user's models, trained in the user's loop
             raise StoreError(f"{audit.path} was measured in your own training loop (engine.tracker): the engine "
                              "cannot train or resume its runs",
@@ -63,6 +86,11 @@ class AuditRunner:
         self._done: set[str] = set()
         self.statuses: dict[str, str] = {}
         self._keep_alive = False
+        self.warn: Warn = warn or stderr_warning
+        self.reused: dict[str, str] = {}  # run_id → the run directory it was copied from
+        self.not_reused: dict[str, list[str]] = {}  # run_id → why each candidate source was refused
+        self._keys: dict[str, tuple[str | None, dict[str, Any] | None]] = {}
+        self._fingerprint: str | None = None
 
     @property
     def task(self) -> TaskData:
@@ -185,18 +213,118 @@ class AuditRunner:
                     return None
                 self._cond.wait(timeout=0.5)
 
+    # ------------------------------------------------------------------ reuse (engine.reuse)
+
+    def run_key(self, spec: RunSpec) -> str | None:
+        """``spec``'s reuse key in this audit (``engine.reuse``); None when its method's code
+        cannot be read, or its baseline has no key."""
+        return self._key(spec)[0]
+
+    def _key(self, spec: RunSpec) -> tuple[str | None, dict[str, Any] | None]:
+        if spec.run_id in self._keys:
+            return self._keys[spec.run_id]
+        base_key = None
+        base = self.audit.baseline_run(spec)
+        if base is not None:
+            base_spec = next((s for s in self.audit.planned() if s.run_id == base), None)
+            base_key = None if base_spec is None else self._key(base_spec)[0]
+        if base is not None and base_key is None:
+            out: tuple[str | None, dict[str, Any] | None] = (None, None)
+        else:
+            if self._fingerprint is None:
+                self._fingerprint = task_fingerprint(self.task)
+            contents = key_contents(self.audit.cfg, spec, self._fingerprint, self.device.type, base_key)
+            out = (None, None) if contents["code"] is None else (key_of(contents), contents)
+        self._keys[spec.run_id] = out
+        return out
+
+    def _reuse(self, spec: RunSpec) -> bool:
+        """Copy a verified identical finished run into ``spec`` instead of training it (True),
+        or leave it to train (False); each refused candidate is reported (``not_reused``,
+        ``warn``). Never raises."""
+        refused: list[str] = []
+        reused = None
+        try:
+            cfg = self.audit.cfg
+            if not cfg.reuse or not fresh(self.audit, spec):
+                return False
+            key, contents = self._key(spec)
+            if key is None or contents is None:
+                return False
+            base = self.audit.baseline_run(spec)
+            base_acc = None if base is None else {e.epoch: e.test_acc for e in self.audit.log(base).epochs}
+            target = self.audit.run_dir(spec.run_id)
+            for run_dir, entry in candidates(self.audit.path.parent, key, exclude=target):
+                try:
+                    source = verify(run_dir, entry, cfg, spec, contents, base_acc)
+                except NotReusable as err:
+                    refused.append(f"not reused from {run_dir}: {err}")
+                    continue
+                header, epochs = copy_run(self.audit, spec, source)
+                reused = self.reused[spec.run_id] = str(run_dir)
+                self._remember(spec, key, reused_from=reused)
+                self._replay(spec, header, epochs, run_dir)
+                return True
+        except Exception as err:  # noqa: BLE001 - reuse is an optimisation: the run trains instead
+            refused.append(f"not reused: {type(err).__name__}: {err}")
+        finally:
+            outcome = f" (reused from {reused} instead)" if reused else "; it trains"
+            for reason in refused:
+                self.not_reused.setdefault(spec.run_id, []).append(reason + outcome)
+                self.warn(f"{spec.run_id}: {reason}{outcome}")
+        return False
+
+    def _remember(self, spec: RunSpec, key: str | None = None, reused_from: str | None = None) -> None:
+        """Index a run that ended finished (``engine.reuse.remember``); a failure is only reported."""
+        try:
+            if not self.audit.cfg.reuse:
+                return
+            key = key or self._key(spec)[0]
+            if key is not None:
+                remember(self.audit, spec, key, reused_from)
+        except Exception as err:  # noqa: BLE001 - the run is finished either way
+            self.warn(f"{spec.run_id}: finished, but not offered for reuse: {type(err).__name__}: {err}")
+
+    def _replay(self, spec: RunSpec, header: Header, epochs: list[Epoch], source: Any) -> None:
+        """The events training ``spec`` would have sent, for a reused run."""
+        failed: list[bool] = []
+
+        def hear(event: Any) -> None:
+            try:
+                self.listener(event)
+            except Exception:  # noqa: BLE001 - the records on disk stay the source of truth
+                if not failed:
+                    failed.append(True)
+                    traceback.print_exc()
+
+        th, history = self.audit.cfg.thresholds, []
+        hear(RunStarted(spec.run_id, header, 0))
+        for rec in epochs:
+            alerts = new_alerts(spec.run_id, history, rec, th)
+            history.append(rec)
+            hear(EpochDone(spec.run_id, rec, alerts))
+        hear(RunEnded(spec.run_id, "finished", f"reused from {source}"))
+
+    # ------------------------------------------------------------------ training
+
     def _worker(self) -> None:
         from .methods import get_method
 
         while (spec := self._next()) is not None:
             status = "failed"
             try:
-                if self.workers > 1:
-                    status = ChildTrainer(self.audit, spec, self.task, get_method(spec.method), self.device,
-                                          self.audit.cfg.threads, self.listener, self._child_stop,
-                                          self.nice).run(self.stop_event)
+                if self._reuse(spec):
+                    status = "finished"
                 else:
-                    status = train_run(self.audit, spec, self.task, self.device, self.listener, self.stop_event)
+                    if self.workers > 1:
+                        status = ChildTrainer(self.audit, spec, self.task, get_method(spec.method), self.device,
+                                              self.audit.cfg.threads, self.listener, self._child_stop,
+                                              self.nice).run(self.stop_event)
+                    else:
+                        status = train_run(self.audit, spec, self.task, self.device, self.listener,
+                                           self.stop_event)
+                    if status == "finished":
+                        self._remember(spec)
             finally:
                 with self._cond:
                     self._active.discard(spec.run_id)

@@ -11,7 +11,10 @@ import pytest
 # (on the synthetic task the synthetic_default preset ships, whatever the embedded default is)
 TINY = ["dataset=synthetic", "synthetic.in_dim=16", "synthetic.teacher_width=32", "synthetic.teacher_depth=2",
         "batch_size=128", "workers=1", "epochs=2", "d=16", "synthetic.n_train=512", "synthetic.n_test=1024",
-        "diagnostics.rho_directions=4", "seeds=[42]"]
+        "diagnostics.rho_directions=4", "seeds=[42]",
+        # every test audit trains its runs: a copy of another test's identical run would make a
+        # determinism or fault test pass without testing anything (tests/test_reuse.py turns it on)
+        "reuse=false"]
 
 
 def tiny(*sets: str) -> list[str]:

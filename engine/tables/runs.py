@@ -70,6 +70,8 @@ class RunView:
             "final": final.to_json() if final else None, "fired": list(final.fired) if final else [],
             "first_fire": self.verdict.first_fire, "verdict": self.verdict.label,
             "verdict_detail": self.verdict.to_json(), "problems": list(log.problems),
+            # the run directory this run was copied from instead of trained (engine.reuse), else None
+            "reused_from": log.header.reused_from if log.header else None,
         }
 
 
