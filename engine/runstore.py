@@ -222,6 +222,7 @@ class RunLog:
     started: bool = False  # training began at least once (a start line, or an epoch in older files)
     thresholds: Thresholds | None = None
     problems: list[str] = field(default_factory=list)  # what the reader could not use, for the user
+    starts: list[Start] = field(default_factory=list)  # each (re)start, with its SLURM job when it had one
 
     def add(self, rec: Record) -> None:
         if isinstance(rec, Header):
@@ -246,6 +247,7 @@ class RunLog:
         elif isinstance(rec, Start):
             self.end = None
             self.started = True
+            self.starts.append(rec)
 
     @property
     def method(self) -> str:

@@ -20,6 +20,11 @@ PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a preset key: --set epochs=2 "
                                                       "--set seeds=[42] --set thresholds.growth=100")]
 RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Where audit directories are created.")]
+ExecutorOpt = Annotated[Optional[str], typer.Option("--executor", metavar="local|slurm", help="Where runs train: "
+                                                    "this machine, or one SLURM job per run (the slurm.* keys; "
+                                                    "same as --set executor=…).")]
+NoReuseOpt = Annotated[bool, typer.Option("--no-reuse", help="Train every run, even one a finished identical run "
+                                          "under the runs dir could stand in for (same as --set reuse=false).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda (overrides the preset).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding (or receiving) the CIFAR "
                                                     "archives; same as --set data_dir=DIR, and wins over it.")]
@@ -28,9 +33,11 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for err
 _debug = False
 
 
-def _sets(sets: list[str] | None, device: str | None, data_dir: Path | None = None) -> list[str]:
+def _sets(sets: list[str] | None, device: str | None, data_dir: Path | None = None, executor: str | None = None,
+          no_reuse: bool = False) -> list[str]:
     """--set values, then the explicit options, which win over a --set of the same key."""
     out = list(sets or []) + ([f"device={device}"] if device else [])
+    out += ([f"executor={executor}"] if executor else []) + (["reuse=false"] if no_reuse else [])
     if data_dir is not None:
         # absolute, so a resume from another folder finds it; quoted, so YAML takes any path as a string
         path = str(data_dir.expanduser().absolute())
@@ -84,7 +91,7 @@ def console(ctx: typer.Context, preset: PresetOpt = None, set_: SetOpt = None,
             runs_dir: RunsDirOpt = Path("runs"), device: DeviceOpt = None, data_dir: DataDirOpt = None,
             debug: DebugOpt = False,
             no_bell: Annotated[bool, typer.Option("--no-bell", help="Do not ring the bell on alerts.")] = False,
-            on_alert: OnAlertOpt = None,
+            on_alert: OnAlertOpt = None, executor: ExecutorOpt = None, no_reuse: NoReuseOpt = False,
             in_process: Annotated[bool, typer.Option("--in-process", help="Train inside the console's own "
                                                      "process: quitting or a dropped connection stops "
                                                      "training (default: a process of its own, which "
@@ -100,7 +107,7 @@ def console(ctx: typer.Context, preset: PresetOpt = None, set_: SetOpt = None,
     from engine.config import load_config
 
     try:
-        cfg = load_config(preset, _sets(set_, device, data_dir))
+        cfg = load_config(preset, _sets(set_, device, data_dir, _executor(executor), no_reuse))
         from .app import launch
 
         code = launch(cfg=cfg, runs_dir=runs_dir, bell=not no_bell, on_alert=_alert_hook(on_alert),
@@ -117,6 +124,12 @@ EXIT_CODES = ("Exit codes: 0 every run finished; 1 a run failed, diverged or was
               "error the message names (bad input is refused before anything is written); 3 with --strict, "
               "every run finished and at least one ended WALKED BACK. 1 wins over 3.")
 EXIT_WALKED_BACK = 3
+
+
+def _executor(value: str | None) -> str | None:
+    if value is not None and value not in ("local", "slurm"):
+        raise typer.BadParameter(f"{value!r} is not local or slurm", param_hint="--executor")
+    return value
 
 
 def _alert_hook(command: str | None):
@@ -163,7 +176,8 @@ def _train(audit, task, argv: list[str] | None) -> dict[str, str]:
 @app.command(epilog=EXIT_CODES)
 def run(preset: PresetOpt = None, set_: SetOpt = None, runs_dir: RunsDirOpt = Path("runs"),
         device: DeviceOpt = None, data_dir: DataDirOpt = None, strict: StrictOpt = False,
-        on_alert: OnAlertOpt = None, debug: DebugOpt = False) -> None:
+        on_alert: OnAlertOpt = None, executor: ExecutorOpt = None, no_reuse: NoReuseOpt = False,
+        debug: DebugOpt = False) -> None:
     """Run an audit headless with a progress display; prints the audit directory."""
     global _debug
     _debug = _debug or debug
@@ -174,8 +188,12 @@ def run(preset: PresetOpt = None, set_: SetOpt = None, runs_dir: RunsDirOpt = Pa
 
     try:
         argv = _alert_hook(on_alert)
-        cfg = load_config(preset, _sets(set_, device, data_dir))
+        cfg = load_config(preset, _sets(set_, device, data_dir, _executor(executor), no_reuse))
         # device and data are checked before the audit directory exists: a refusal leaves nothing behind
+        if cfg.executor == "slurm":
+            from engine.slurm import check_slurm
+
+            check_slurm(cfg)  # submitit installed, sbatch on PATH
         training_device(cfg)
         task = load_task(cfg)  # on the CPU: the runner places it (each worker process moves its own)
         pin_data_source(cfg, task)  # an npz file's absolute path and SHA-256 go into config.yaml
@@ -188,7 +206,8 @@ def run(preset: PresetOpt = None, set_: SetOpt = None, runs_dir: RunsDirOpt = Pa
 
 @app.command(epilog=EXIT_CODES)
 def resume(audit_dir: Annotated[Path, typer.Argument(help="Audit directory to continue.")],
-           strict: StrictOpt = False, on_alert: OnAlertOpt = None, debug: DebugOpt = False,
+           strict: StrictOpt = False, on_alert: OnAlertOpt = None, executor: ExecutorOpt = None,
+           no_reuse: NoReuseOpt = False, debug: DebugOpt = False,
            nice: Annotated[int, typer.Option("--nice", min=0, max=19, help="Lower this process's CPU priority "
                                              "by N (the console's trainer uses 10).")] = 0) -> None:
     """Continue every unfinished run of an audit from its last checkpoint (and any rerun a
@@ -202,6 +221,10 @@ def resume(audit_dir: Annotated[Path, typer.Argument(help="Audit directory to co
     try:
         argv = _alert_hook(on_alert)
         audit = Audit.open(audit_dir)
+        if _executor(executor):  # where it trains, not what: config.yaml keeps its own
+            audit.cfg.executor = executor
+        if no_reuse:
+            audit.cfg.reuse = False
         statuses = _train(audit, None, argv)
     except FaevalError as err:
         fail(err)

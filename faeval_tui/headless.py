@@ -19,6 +19,7 @@ from engine.events import BatchProgress, EpochDone, Event, RunEnded, RunStarted
 from engine.fmt import duration, pct
 from engine.records import Epoch
 from engine.scheduler import AuditRunner
+from engine.slurm import SlurmRunner
 from engine.verdicts import Alert, verdict
 
 
@@ -108,7 +109,8 @@ def run_headless(audit: Audit, task: TaskData | None = None,
             elif isinstance(event, BatchProgress) and progress is not None:
                 progress.update(tasks[event.run_id], completed=event.epoch - 1 + event.batch / event.batches)
 
-    runner = AuditRunner(audit, listener, task=task)
+    # executor slurm: one job per run (its data is loaded in the job); local: this machine
+    runner = SlurmRunner(audit, listener) if audit.cfg.executor == "slurm" else AuditRunner(audit, listener, task=task)
     inbox = Inbox(audit.path, list(audit.cfg.methods) + list(audit.cfg.penalty_methods))
     runner.submit_unfinished()
     inbox.take_runs(runner.submit)  # reruns a console asked for while nothing trained
