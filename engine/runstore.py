@@ -374,7 +374,28 @@ def list_runs(audit_dir: Path) -> list[Path]:
     return sorted((p for p in audit_dir.iterdir() if (p / RECORDS).is_file()), key=lambda p: p.name)
 
 
-class AuditLock:
+class _Flock:
+    """What both locks share once taken: releasing, and use as a context manager."""
+
+    _fd: int | None = None
+
+    def acquire(self):  # pragma: no cover - each lock takes its own
+        raise NotImplementedError
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class AuditLock(_Flock):
     """An exclusive ``flock`` on ``audit.lock``: one training process per audit directory.
 
     The kernel drops the lock when its process dies, so a lock left by ``kill -9`` is
@@ -425,18 +446,6 @@ class AuditLock:
         self._fd = fd
         return self
 
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> AuditLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
     @staticmethod
     def is_held(audit_dir: Path) -> bool:
         """True while some process (this one included) trains the audit, or tracks it (a shared
@@ -454,7 +463,7 @@ class AuditLock:
         return False
 
 
-class RunLock:
+class RunLock(_Flock):
     """An exclusive ``flock`` on ``<run>/run.lock``: one writer per run of a tracked audit, so
     two trackers (in one process or two) never append to the same records.jsonl. Dropped by
     the kernel when its process dies, as ``AuditLock`` is."""
@@ -494,9 +503,3 @@ class RunLock:
             pass
         self._fd = fd
         return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None

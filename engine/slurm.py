@@ -93,16 +93,13 @@ def train_job(audit_dir: str, run_id: str) -> str:
     watcher.start()
     run_dir = audit.run_dir(run_id)
     run_dir.mkdir(exist_ok=True)
-    with AuditLock(audit.path, shared=True):
-        writer = RunLock(run_dir).acquire()  # one writer per run: a duplicate job fails here, writing nothing
-        try:
-            cfg = audit.cfg
-            apply_threads(cfg.threads)
-            device = training_device(cfg)
-            task = load_task(cfg).to(device)
-            return train_run(audit, spec, task, device, ignore, stop)
-        finally:
-            writer.release()
+    # one writer per run: a duplicate job fails at the run's lock, writing nothing
+    with AuditLock(audit.path, shared=True), RunLock(run_dir):
+        cfg = audit.cfg
+        apply_threads(cfg.threads)
+        device = training_device(cfg)
+        task = load_task(cfg).to(device)
+        return train_run(audit, spec, task, device, ignore, stop)
 
 
 def stop_marker(audit_dir: Path | str, run_id: str) -> Path:
@@ -184,8 +181,9 @@ class SlurmRunner:
         (or ``stop``: running jobs get USR1, pending ones are cancelled); run_id → status."""
         with AuditLock(self.audit.path, shared=True):  # a local run/resume of this audit is refused meanwhile
             self.folder.mkdir(parents=True, exist_ok=True)
+            submitter = RunLock(self.folder)
             try:
-                submitter = RunLock(self.folder).acquire()
+                submitter.acquire()
             except StoreError:
                 raise StoreError(f"another process submits and follows {self.audit.path}'s SLURM jobs",
                                  f"follow it with `faeval-tui watch {self.audit.path}`, or stop it first") from None

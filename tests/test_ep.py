@@ -190,7 +190,7 @@ def test_the_settings_survive_a_state_dict_round_trip():
 @pytest.mark.parametrize("name", ["vit_mini", "cnn"])
 def test_the_credit_in_chunks_equals_the_credit_in_one_piece(name, monkeypatch):
     import engine.diagnostics as diagnostics
-    import engine.methods.ep as module
+    import engine.methods.base as module  # where the credit chunk size lives
 
     assert module.CHUNK_FLOATS == diagnostics.PROBE_FLOATS
     model, x, y = net(name)

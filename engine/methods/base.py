@@ -51,6 +51,18 @@ class Probe:
         return output_error(self.logits, self.y)
 
 
+CHUNK_FLOATS = 8 << 20  # hidden-state floats per credit chunk: as diagnostics.PROBE_FLOATS (tested)
+
+
+def chunk_rows(probe: Probe) -> int:
+    """Samples per chunk for a credit that runs the model again on the diagnostic set (the
+    relaxation of ep, the B-path of fa_lillicrap): all at once while h_0..h_L fit
+    ``CHUNK_FLOATS``."""
+    n = probe.x.shape[0]
+    per_sample = sum(h[0].numel() for h in probe.hs)
+    return n if n * per_sample <= CHUNK_FLOATS else max(1, CHUNK_FLOATS // per_sample)
+
+
 def output_error(logits: Tensor, y: Tensor) -> Tensor:
     e = torch.softmax(logits.detach(), dim=-1)
     return e.scatter_add(1, y[:, None], torch.full_like(e[:, :1], -1.0))

@@ -77,10 +77,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, Probe
+from .base import Method, Probe, chunk_rows
 
 RELAXATIONS = ("errors", "states")
-CHUNK_FLOATS = 8 << 20  # hidden-state floats per credit chunk: as diagnostics.PROBE_FLOATS (tested)
 
 
 @dataclass(frozen=True)
@@ -178,8 +177,7 @@ class EquilibriumPropagation(Method):
     def credit(self, probe: Probe) -> list[Tensor]:
         model = probe.model
         n = probe.x.shape[0]
-        per_sample = sum(h[0].numel() for h in probe.hs)
-        step = n if n * per_sample <= CHUNK_FLOATS else max(1, CHUNK_FLOATS // per_sample)
+        step = chunk_rows(probe)
         was_training = model.training  # type: ignore[attr-defined]
         model.eval()  # type: ignore[attr-defined]
         parts = []

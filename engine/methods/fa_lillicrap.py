@@ -47,10 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, Probe, bp_step
+from .base import Method, Probe, bp_step, chunk_rows
 
 FEEDBACK_TYPES = (nn.Linear, nn.Conv2d)
-CHUNK_FLOATS = 8 << 20  # hidden-state floats per credit chunk: as diagnostics.PROBE_FLOATS (tested)
 
 
 class _LinearFeedback(torch.autograd.Function):
@@ -180,8 +179,7 @@ class LillicrapFeedbackAlignment(Method):
         mode, in chunks of the diagnostic set (each sample's credit depends on it alone)."""
         model = probe.model
         n = probe.x.shape[0]
-        per_sample = sum(h[0].numel() for h in probe.hs)
-        step = n if n * per_sample <= CHUNK_FLOATS else max(1, CHUNK_FLOATS // per_sample)
+        step = chunk_rows(probe)
         was_training = model.training  # type: ignore[attr-defined]
         model.eval()  # type: ignore[attr-defined]
         try:
