@@ -378,6 +378,14 @@ class _Flock:
     """What both locks share once taken: releasing, and use as a context manager."""
 
     _fd: int | None = None
+    path: Path
+
+    def holder_pid(self) -> str:
+        """The pid the holder wrote into the lock file ("" when none: not yet, or shared)."""
+        try:
+            return self.path.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return ""
 
     def acquire(self):  # pragma: no cover - each lock takes its own
         raise NotImplementedError
@@ -424,10 +432,7 @@ class AuditLock(_Flock):
             fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            try:
-                pid = self.path.read_text().strip()
-            except (OSError, UnicodeDecodeError):
-                pid = ""
+            pid = self.holder_pid()
             # an empty file: the holder has not written its pid yet (or could not)
             who = f"another process (pid {pid})" if pid.isdigit() else "another process"
             raise StoreError(f"{audit_dir} is being trained by {who}",
@@ -483,10 +488,7 @@ class RunLock(_Flock):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            try:
-                pid = self.path.read_text().strip()
-            except (OSError, UnicodeDecodeError):
-                pid = ""
+            pid = self.holder_pid()
             who = ("another tracker in this process" if pid == str(os.getpid()) else
                    f"another process (pid {pid})" if pid.isdigit() else "another process")
             raise StoreError(f"run {run_dir.name} of {run_dir.parent} is being written by {who}",

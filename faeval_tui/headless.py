@@ -120,9 +120,14 @@ def run_headless(audit: Audit, task: TaskData | None = None,
         signal.signal(sig, lambda *_: runner.stop())
     print(f"audit directory: {audit.path}", file=sys.stderr, flush=True)
     polling = threading.Event()
-    poller = threading.Thread(target=_follow_controls, args=(inbox, runner, polling), name="faeval-control",
-                              daemon=True)
-    poller.start()
+
+    def follow() -> threading.Thread:
+        thread = threading.Thread(target=_follow_controls, args=(inbox, runner, polling), name="faeval-control",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    poller = follow()
     statuses: dict[str, str] = {}
     try:
         while True:
@@ -136,9 +141,7 @@ def run_headless(audit: Audit, task: TaskData | None = None,
             if runner.stop_event.is_set() or not runner.pending():
                 break
             polling.clear()  # a request taken as the last run ended: train it too
-            poller = threading.Thread(target=_follow_controls, args=(inbox, runner, polling),
-                                      name="faeval-control", daemon=True)
-            poller.start()
+            poller = follow()
     finally:
         polling.set()
         for sig, handler in previous.items():
