@@ -10,6 +10,11 @@ thread lost nothing to the same load. Audits use the second core through ``worke
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+import mmap
+import sys
+
 import torch
 
 from .config import AuditConfig
@@ -39,3 +44,46 @@ def apply_threads(threads: int) -> None:
     """Set this process's intra-op thread count (the ``threads`` config key)."""
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+@functools.cache
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free memory back to the OS (glibc's ``malloc_trim``). glibc keeps
+    freed blocks for reuse, and a CPU tensor's memory is plain malloc: after the task is
+    moved to shared memory the loading process kept its 150 MiB private copy as free heap,
+    and a training process kept the ~90 MiB a diagnostics pass had used, so both counted
+    in RSS for the rest of the audit. A few milliseconds (the pages it returns fault back
+    in when next used), so once an epoch, not per step; a no-op without glibc."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):  # glibc; musl has none
+        libc.malloc_trim(0)
+
+
+_MADV_DONTNEED = 4  # Linux
+
+
+def drop_shared_pages(t: torch.Tensor) -> None:
+    """Unmap this process's resident pages of a CPU tensor in shared memory (Linux
+    ``madvise(MADV_DONTNEED)``): the data stays in the shared-memory object, and a later
+    read maps it again. The audit process hands the images to its training processes and
+    never reads them itself, so its copy of CIFAR's 176 MiB no longer counts in its RSS
+    beside theirs. Anything else (not shared, not on the CPU, not Linux) is left alone."""
+    libc = _libc()
+    if libc is None or t.device.type != "cpu" or not t.is_shared() or not hasattr(libc, "madvise"):
+        return
+    storage = t.untyped_storage()
+    page = mmap.PAGESIZE
+    start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+    first, last = -(-start // page) * page, end // page * page  # whole pages inside the storage only
+    if last > first:
+        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
+

@@ -129,19 +129,23 @@ def perturbation_rho(model: Auditable, probe: Probe, credits: list[Tensor], n_sa
             size = a64.shape[1]
             per_chunk = max(1, _chunk_rows(size, chunk_rows, directions) // directions)
             h64 = h64.flatten(1)
-            predicted, true = [], []
+            # filled in place: per-chunk results appended to lists sat between the chunks'
+            # freed megabytes and fragmented the heap (+120 MiB peak RSS at CIFAR size)
+            predicted = torch.empty(n_samples * directions, dtype=torch.float64, device=h64.device)
+            true = torch.empty_like(predicted)
             for i in range(0, n_samples, per_chunk):
                 hc, ac, yc = h64[i:i + per_chunk], a64[i:i + per_chunk], y[i:i + per_chunk]
+                rows = slice(i * directions, (i + hc.shape[0]) * directions)
                 u = torch.randn((hc.shape[0], directions, hc.shape[1]), generator=generator)
                 u = u.to(hc.device, torch.float64)
                 u /= u.norm(dim=2, keepdim=True)
                 delta = eps * hc.norm(dim=1)[:, None, None] * u
-                predicted.append(torch.bmm(delta, ac[:, :, None]).flatten())
+                predicted[rows] = torch.bmm(delta, ac[:, :, None]).flatten()
                 hp = (hc[:, None, :] + delta).flatten(0, 1).view(-1, *shape)
                 loss = F.cross_entropy(model64.forward_from(layer, hp), yc.repeat_interleave(directions),
                                        reduction="none")
-                true.append(loss - base[i:i + per_chunk].repeat_interleave(directions))
-            rhos.append(pearson(torch.cat(predicted), torch.cat(true)))
+                true[rows] = loss - base[i:i + per_chunk].repeat_interleave(directions)
+            rhos.append(pearson(predicted, true))
     return rhos
 
 

@@ -34,12 +34,14 @@ from .checkpoint import (
 )
 from .config import AuditConfig
 from .data import TaskData, derive_seed
+from .device import release_freed_memory
 from .diagnostics import DiagnosticSettings
 from .diagnostics import epoch_record as measured_record
 from .errors import FaevalError, StoreError
 from .events import BatchProgress, EpochDone, Listener, RunEnded, RunStarted
 from .methods import Method, Probe, build_method
 from .models import build_model, model_args
+from .optim import AdamW
 from .plan import RunSpec, make_header
 from .records import SCHEMA_VERSION, End, Epoch, Start, now_iso
 from .runstore import CHECKPOINT, RECORDS, RecordWriter, atomic_write_bytes
@@ -61,7 +63,7 @@ class RunParts:
         self.steps_per_epoch = math.ceil(task.x_train.shape[0] / cfg.batch_size)
         total = cfg.epochs * self.steps_per_epoch
         # fused: one kernel for every parameter (the per-tensor loop cost ~40% of a CPU step)
-        self.optimizer = torch.optim.AdamW(self.method.trainable_parameters(self.model), lr=cfg.lr,
+        self.optimizer = AdamW(self.method.trainable_parameters(self.model), lr=cfg.lr,
                                            weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
         cosine = cfg.schedule == "cosine"
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -260,6 +262,7 @@ def train_run(audit: Audit, spec: RunSpec, task: TaskData, device: torch.device,
             train_s = time.perf_counter() - t0
             rec, _ = epoch_record(parts, cfg, task, train_loss, epoch, spec.seed,
                                   baseline_acc=audit.baseline_acc(spec, epoch), train_s=train_s)
+            release_freed_memory()  # the diagnostics' temporaries, which malloc would keep
             alerts = new_alerts(spec.run_id, history, rec, cfg.thresholds)
             rec = rec.model_copy(update={"time": now_iso()})  # when written: watch orders alerts by it
             writer.append(rec)

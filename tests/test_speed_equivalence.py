@@ -159,7 +159,9 @@ def test_the_trainer_steps_a_fused_adamw_over_exactly_the_methods_parameters(nam
     cfg = load_config(None, tiny_sets(f"methods=[{name}]", "lr=3e-3", "weight_decay=0.05"))
     parts = RunParts(cfg, RunSpec(f"{name}-s42", name, 42), load_task(cfg), torch.device("cpu"))
     opt = parts.optimizer
-    assert type(opt) is torch.optim.AdamW and len(opt.param_groups) == 1
+    from engine.optim import AdamW
+
+    assert type(opt) is AdamW and isinstance(opt, torch.optim.AdamW) and len(opt.param_groups) == 1
     group = opt.param_groups[0]
     assert group["fused"] is True and group["foreach"] in (None, False)
     assert (group["lr"], group["weight_decay"]) == (3e-3, 0.05)
