@@ -391,16 +391,23 @@ def measure(run_dir: Annotated[Path, typer.Argument(help="A run directory of an 
 def bench(json_: Annotated[Optional[Path], typer.Option("--json", help="Write every figure to this JSON file.")] = None,
           markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the tables as markdown.")] = None,
           quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes: checks the benchmark runs, "
-                                              "measures nothing meaningful.")] = False) -> None:
+                                              "measures nothing meaningful.")] = False,
+          profile: Annotated[bool, typer.Option("--profile", help="Only profile bp, fa and dfa steps "
+                                                "(torch.profiler, 1 thread and all): where the time outside "
+                                                "the matmuls goes. About a minute.")] = False) -> None:
     """Measure training speed, diagnostics cost, console lag and peak memory on this machine."""
     from . import bench as bench_pkg
 
-    result = bench_pkg.run_bench(quick=quick, log=lambda msg: typer.echo(msg, err=True))
-    bench_pkg.print_table(result)
+    if profile:
+        result = bench_pkg.run_profiles(quick=quick, log=lambda msg: typer.echo(msg, err=True))
+        sys.stdout.write(bench_pkg.profile_markdown(result))
+    else:
+        result = bench_pkg.run_bench(quick=quick, log=lambda msg: typer.echo(msg, err=True))
+        bench_pkg.print_table(result)
     if json_ is not None:
         json_.write_text(json.dumps(result, indent=2) + "\n")
     if markdown is not None:
-        markdown.write_text(bench_pkg.markdown(result))
+        markdown.write_text(bench_pkg.profile_markdown(result) if profile else bench_pkg.markdown(result))
 
 
 def main() -> None:

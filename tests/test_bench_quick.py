@@ -44,3 +44,48 @@ def test_quick_bench_writes_every_key_with_positive_finite_values(tmp_path):
     # memory is the real two-worker audit's process tree: the audit, its training children, the tracker
     assert 0 < r["peak_pss_mb"] <= r["peak_rss_mb"] and r["memory_processes"] >= 3 and r["memory_runs"] == 2
     assert "| bp |" in md.read_text()
+    # one thread, as an audit's runs train: the rate and the shares measured at that thread count
+    one = r["one_thread"]
+    assert _positive_finite(one["matmul_gflops"]) and set(one["methods"]) == {"bp", "fa", "dfa"}
+    for m in one["methods"].values():
+        assert all(_positive_finite(m[k]) for k in ("epoch_s", "gflops", "frac_of_matmul", "ratio_to_bp"))
+    assert one["methods"]["bp"]["ratio_to_bp"] == 1.0
+    # the machine is named with the CPU features its matmul kernels depend on
+    mc = r["machine"]
+    assert mc["cpu"] and mc["cpu_capability"] and isinstance(mc["cpu_flags"], list)
+    assert f"torch kernels {mc['cpu_capability']}" in md.read_text()
+    goals = {g["goal"]: g for g in r["goals"]}
+    assert goals["peak memory of the two-worker audit, summed RSS (MB)"]["measured"] == r["peak_rss_mb"]
+
+
+def test_cpu_flags_are_read_from_cpuinfo_and_filtered_to_the_matmul_ones(monkeypatch, tmp_path):
+    import builtins
+
+    from faeval_tui.bench import run
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Test CPU\n"
+                    "flags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 amx_tile amx_bf16 sha_ni\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(fake if path == "/proc/cpuinfo" else path,
+                                                                           *a, **k))
+    mc = run.machine()
+    assert mc["cpu"] == "Intel(R) Xeon(R) Test CPU"
+    assert mc["cpu_flags"] == ["fma", "avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
+    line = run.machine_line(mc)
+    assert "Intel(R) Xeon(R) Test CPU" in line and "; AMX;" in line and "sha_ni" not in line
+
+
+@pytest.mark.slow  # profiles real training steps
+def test_quick_profile_splits_every_step_into_categories(tmp_path):
+    out = tmp_path / "profile.json"
+    res = CliRunner().invoke(app, ["bench", "--quick", "--profile", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert r["profiles"] and r["profiles"][0]["threads"] == 1
+    for p in r["profiles"]:
+        assert [m["method"] for m in p["methods"]] == ["bp", "fa", "dfa"]
+        for m in p["methods"]:
+            assert sum(m["share"].values()) == pytest.approx(1.0)
+            assert m["share"]["matmul"] > 0 and m["top"] and _positive_finite(m["step_ms"])
+    assert "| `aten::mm` |" in res.output and "matmul" in res.output
