@@ -17,7 +17,7 @@ from textual.worker import Worker, WorkerState
 from engine.audit import Audit
 from engine.control import requested_runs
 from engine.data import TaskData, load_task, pin_data_source
-from engine.device import training_device
+from engine.device import release_freed_memory, training_device
 from engine.errors import FaevalError, StoreError
 from engine.events import Event
 from engine.hooks import AlertHook
@@ -42,7 +42,7 @@ class EngineEvent(Message):
 class TaskLoaded(Message):
     """The data of a new audit, loaded on a thread, ready for the runner."""
 
-    task: TaskData
+    task: TaskData | None  # None once on_task_loaded took it
 
 
 @dataclass
@@ -77,16 +77,20 @@ class LiveMixin:
         self.post_message(TaskLoaded(task))  # on the CPU: the runner places it
 
     def on_task_loaded(self, message: TaskLoaded) -> None:
+        task, message.task = message.task, None  # held here only: dropped once a trainer process has it
         if self._quitting:
             return  # quit while the data loaded
         try:
-            pin_data_source(self.cfg, message.task)  # an npz file's absolute path and SHA-256 go into config.yaml
+            pin_data_source(self.cfg, task)  # an npz file's absolute path and SHA-256 go into config.yaml
             audit = Audit.create(self.cfg, self.runs_dir)
         except FaevalError as err:
             self._not_training()
             self.push_screen(ErrorScreen("Cannot create the audit", err))
             return
-        self._start(audit, message.task)
+        self._start(audit, task)
+        if self.live_feed is None:  # a trainer process loads its own copy: this one only checked the data
+            del task
+            release_freed_memory()  # CIFAR's 180 MiB back to the OS, not kept as free heap by the console
 
     def _start(self, audit: Audit, task: TaskData | None) -> None:
         """Train ``audit`` (new, on ``task``; or resumed, loading its own data): in a process
