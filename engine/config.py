@@ -255,9 +255,9 @@ class AuditConfig(_Strict):
     @field_validator("methods", "penalty_methods")
     @classmethod
     def _known_methods(cls, v: list[str]) -> list[str]:
-        from .methods import available_methods
+        from .methods import method_names  # the names only: validating a config never imports torch
 
-        known = available_methods()
+        known = method_names()
         bad = [m for m in v if m not in known]
         if bad:
             raise ValueError(f"unknown method {bad[0]!r}; known methods: {', '.join(known)}")

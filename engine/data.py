@@ -24,12 +24,13 @@ import torch
 from torch import Tensor
 
 from .config import AuditConfig, SyntheticConfig
+from .device import training_device
 from .errors import ConfigError, DataError
 from .models import check_spec
-from .userdata import DIGITS_DIMS, short, task_dims
+from .userdata import DIGITS_DIMS, diagnostic_n, diagnostic_n_for, short, task_dims
 
-__all__ = ["TaskData", "diagnostic_n", "diagnostic_n_for", "digits_task", "load_task", "npz_task",
-           "pin_data_source", "synthetic_task", "task_dims", "task_fingerprint"]
+__all__ = ["TaskData", "checked_task", "diagnostic_n", "diagnostic_n_for", "digits_task", "load_task",
+           "npz_task", "pin_data_source", "synthetic_task", "task_dims", "task_fingerprint"]
 
 RANDOM_TARGETS_SEED = 20240229  # fixed, so every run of an audit sees the same random labels
 DIGITS_SPLIT_SEED = 0  # random_state of the digits' stratified train/test split: fixed, never change it
@@ -41,23 +42,6 @@ def derive_seed(*parts: object) -> int:
     """A 63-bit seed from a run seed and a purpose tag: independent streams per purpose."""
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def diagnostic_n(n_samples: int, stability_batches: int, n_test: int) -> int:
-    """The diagnostic set's size: the first ``n_samples`` test samples, or, when the test
-    split is smaller, all of it rounded down to a multiple of ``stability_batches`` (so the
-    stability measure's batches are equal): digits' 360 test samples give 360."""
-    if n_test >= n_samples:
-        return n_samples
-    return n_test // stability_batches * stability_batches
-
-
-def diagnostic_n_for(cfg: AuditConfig) -> int:
-    """``diagnostic_n`` of ``cfg``'s task, without loading it (``task_dims``); the configured
-    n_samples when an npz file cannot be read."""
-    dims = task_dims(cfg)
-    dc = cfg.diagnostics
-    return dc.n_samples if dims is None else diagnostic_n(dc.n_samples, dc.stability_batches, dims[3])
 
 
 @dataclass
@@ -308,3 +292,14 @@ def pin_data_source(cfg: AuditConfig, task: TaskData) -> None:
     if cfg.dataset == "npz" and task.file_sha256 is not None:
         cfg.data_path = str(Path(cfg.data_path or "").expanduser().absolute())
         cfg.data_sha256 = task.file_sha256
+
+
+def checked_task(cfg: AuditConfig) -> TaskData:
+    """What every way of starting a new audit does before its directory exists, so that a
+    refusal leaves nothing behind: the device is resolved, the task loaded and checked
+    against the models, and an npz file pinned in ``cfg`` (``pin_data_source``). On the
+    CPU: the runner places it (each worker process moves its own)."""
+    training_device(cfg)
+    task = load_task(cfg)
+    pin_data_source(cfg, task)
+    return task

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import AuditConfig, shipped_presets, validate
-from .data import diagnostic_n_for
 from .errors import ConfigError
 from .fmt import num, pp
 from .models import describe
 from .runstore import RunLog
 from .sizing import image_shape
 from .tables import RunLike, Source, Table, audit_tables, config_of, page_tables, views
+from .userdata import diagnostic_n_for
 from .yamlsafe import read_yaml
 
 EXPORT_TIME_ENV = "FAEVAL_EXPORT_TIME"  # when set, the export time the header shows (reproducible exports)

@@ -309,3 +309,20 @@ def task_dims(cfg: AuditConfig) -> tuple[int, int, int, int] | None:
     if cfg.dataset == "npz":
         return npz_dims(cfg.data_path)
     return CIFAR_DIMS[cfg.dataset]
+
+
+def diagnostic_n(n_samples: int, stability_batches: int, n_test: int) -> int:
+    """The diagnostic set's size: the first ``n_samples`` test samples, or, when the test
+    split is smaller, all of it rounded down to a multiple of ``stability_batches`` (so the
+    stability measure's batches are equal): digits' 360 test samples give 360."""
+    if n_test >= n_samples:
+        return n_samples
+    return n_test // stability_batches * stability_batches
+
+
+def diagnostic_n_for(cfg: AuditConfig) -> int:
+    """``diagnostic_n`` of ``cfg``'s task, without loading it (``task_dims``); the configured
+    n_samples when an npz file cannot be read."""
+    dims = task_dims(cfg)
+    dc = cfg.diagnostics
+    return dc.n_samples if dims is None else diagnostic_n(dc.n_samples, dc.stability_batches, dims[3])

@@ -101,6 +101,7 @@ class FaevalApp(LiveMixin, App[None]):
         # the subtitle's first word: loading the <dataset> data, live, resumed, watch (read-only), not training
         self.mode = "starting"
         self._quitting = False  # set by shutdown: data loaded after it creates no audit
+        self.checker: subprocess.Popen | None = None  # the data check's process (live.py), while it runs
         self.failure: FaevalError | None = None  # why training could not start, if it could not
         self._seen = (-1, -1, None)  # state version, epoch version, selection last drawn
         self._alerts_shown = 0
@@ -358,6 +359,8 @@ class FaevalApp(LiveMixin, App[None]):
     async def shutdown(self) -> None:
         """Stop training (each run keeps its last checkpoint), wait for the threads, exit."""
         self._quitting = True
+        if self.checker is not None and self.checker.poll() is None:
+            self.checker.kill()  # quit while the data is checked: no audit will be created
         if self.live_feed is not None:
             self.live_feed.stop()
             if self.training is not None and not self.training.is_finished:

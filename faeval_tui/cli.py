@@ -183,8 +183,7 @@ def run(preset: PresetOpt = None, set_: SetOpt = None, runs_dir: RunsDirOpt = Pa
     _debug = _debug or debug
     from engine.audit import Audit
     from engine.config import load_config
-    from engine.data import load_task, pin_data_source
-    from engine.device import training_device
+    from engine.data import checked_task
 
     try:
         argv = _alert_hook(on_alert)
@@ -194,9 +193,7 @@ def run(preset: PresetOpt = None, set_: SetOpt = None, runs_dir: RunsDirOpt = Pa
             from engine.slurm import check_slurm
 
             check_slurm(cfg)  # submitit installed, sbatch on PATH
-        training_device(cfg)
-        task = load_task(cfg)  # on the CPU: the runner places it (each worker process moves its own)
-        pin_data_source(cfg, task)  # an npz file's absolute path and SHA-256 go into config.yaml
+        task = checked_task(cfg)  # an npz file's absolute path and SHA-256 go into config.yaml
         audit = Audit.create(cfg, runs_dir)
         statuses = _train(audit, task, argv)
     except FaevalError as err:

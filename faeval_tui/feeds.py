@@ -9,19 +9,21 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.audit import Audit
 from engine.config import AuditConfig
-from engine.data import TaskData
 from engine.errors import FaevalError
 from engine.events import Event
 from engine.plan import RunSpec
 from engine.records import Record
 from engine.runstore import RECORDS, RecordReader, list_runs
-from engine.scheduler import AuditRunner
 from engine.verdicts import Alert
 
 from .state import AuditState
+
+if TYPE_CHECKING:  # torch: imported by the training side only, so a console that follows files never loads it
+    from engine.data import TaskData
 
 
 class FileFeed:
@@ -71,6 +73,8 @@ class LiveFeed:
     def __init__(self, audit: Audit, listener: Callable[[Event], None], task: TaskData | None = None) -> None:
         self.audit = audit
         # nice: training yields the CPU to the event loop; task: the data the console loaded already
+        from engine.scheduler import AuditRunner
+
         self.runner = AuditRunner(audit, listener, task=task, nice=10)
 
     def submit_unfinished(self) -> list[RunSpec]:

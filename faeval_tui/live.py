@@ -1,14 +1,18 @@
 """How the console trains an audit or follows one: the feeds' side of ``FaevalApp``.
 
-A new audit loads its data on a thread before its directory exists (a refusal leaves
-nothing behind, as ``faeval-tui run``), and an npz file's SHA-256 goes into its config.yaml;
-a resumed audit's runner loads its own, refusing an npz file that changed since. Engine
-events arrive as messages from the training thread; ``watch`` polls the files.
+A new audit's device and data are checked on a thread before its directory exists (a
+refusal leaves nothing behind, as ``faeval-tui run``), and an npz file's SHA-256 goes into
+its config.yaml; a resumed audit's runner loads its own, refusing an npz file that changed
+since. A console that trains in this process loads the data for its runner; one whose
+trainer is a process of its own checks it in another short-lived process
+(``faeval_tui.data_check``), so it never imports torch. Engine events arrive as messages
+from the training thread; ``watch`` polls the files.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 from textual import work
 from textual.message import Message
@@ -16,19 +20,21 @@ from textual.worker import Worker, WorkerState
 
 from engine.audit import Audit
 from engine.control import requested_runs
-from engine.data import TaskData, load_task, pin_data_source
-from engine.device import release_freed_memory, training_device
 from engine.errors import FaevalError, StoreError
 from engine.events import Event
 from engine.hooks import AlertHook
 from engine.plan import plan_runs
 from engine.verdicts import Alert
 
+from . import data_check
 from .dialogs import ErrorScreen
 from .feeds import FileFeed, LiveFeed
 from .state import AuditState
 from .trainer_process import TRAINER_LOG, log_tail
 from .trainer_process import spawn as spawn_trainer
+
+if TYPE_CHECKING:
+    from engine.data import TaskData
 
 
 @dataclass
@@ -40,9 +46,9 @@ class EngineEvent(Message):
 
 @dataclass
 class TaskLoaded(Message):
-    """The data of a new audit, loaded on a thread, ready for the runner."""
+    """A new audit's device and data, checked on a thread: the audit can be created."""
 
-    task: TaskData | None  # None once on_task_loaded took it
+    task: TaskData | None  # for a runner in this process (None: checked elsewhere, or on_task_loaded took it)
 
 
 @dataclass
@@ -57,7 +63,7 @@ class LiveMixin:
 
     def _begin_live(self, resume: Audit | None) -> None:
         if resume is not None:
-            self._start(resume, None)  # its runner loads the data on the training thread
+            self._start(resume, None, fresh=False)  # its runner loads the data on the training thread
             return
         # device and data before the audit directory, as `faeval-tui run`: a refusal leaves nothing behind
         for spec in plan_runs(self.cfg):
@@ -67,36 +73,46 @@ class LiveMixin:
 
     @work(thread=True, exclusive=True, group="loading", name="loading", exit_on_error=False)
     def _load(self) -> None:
-        """Resolve the device and load the task off the event loop (CIFAR takes seconds)."""
+        """Check the device and the data off the event loop (CIFAR takes seconds); an npz
+        file's absolute path and SHA-256 go into ``self.cfg``, so config.yaml pins it."""
+        task = None
         try:
-            training_device(self.cfg)
-            task = load_task(self.cfg)
+            if self.detach:  # the trainer process loads its own copy: a process of its own checks it
+                if self._quitting:
+                    return
+                self.checker = data_check.start()
+                data_check.answer(self.checker, self.cfg)
+            else:
+                from engine.data import checked_task
+
+                task = checked_task(self.cfg)  # on the CPU: the runner places it
         except FaevalError as err:
-            self.post_message(TrainingFailed(err))
+            if not self._quitting:
+                self.post_message(TrainingFailed(err))
             return
-        self.post_message(TaskLoaded(task))  # on the CPU: the runner places it
+        except OSError as err:
+            self.post_message(TrainingFailed(StoreError(f"cannot start the data check process: {err}",
+                                                        "check that faeval-tui is installed in this Python")))
+            return
+        self.post_message(TaskLoaded(task))
 
     def on_task_loaded(self, message: TaskLoaded) -> None:
-        task, message.task = message.task, None  # held here only: dropped once a trainer process has it
+        task, message.task = message.task, None
         if self._quitting:
             return  # quit while the data loaded
         try:
-            pin_data_source(self.cfg, task)  # an npz file's absolute path and SHA-256 go into config.yaml
             audit = Audit.create(self.cfg, self.runs_dir)
         except FaevalError as err:
             self._not_training()
             self.push_screen(ErrorScreen("Cannot create the audit", err))
             return
-        self._start(audit, task)
-        if self.live_feed is None:  # a trainer process loads its own copy: this one only checked the data
-            del task
-            release_freed_memory()  # CIFAR's 180 MiB back to the OS, not kept as free heap by the console
+        self._start(audit, task, fresh=True)
 
-    def _start(self, audit: Audit, task: TaskData | None) -> None:
-        """Train ``audit`` (new, on ``task``; or resumed, loading its own data): in a process
-        of its own that the console follows (``detach``), or in this one."""
+    def _start(self, audit: Audit, task: TaskData | None, fresh: bool) -> None:
+        """Train ``audit`` (new, on ``task`` when it trains here; or resumed, loading its own
+        data): in a process of its own that the console follows (``detach``), or in this one."""
         if self.detach or audit.is_live():  # attaching to a trainer elsewhere is following it
-            self._follow(audit, fresh=task is not None)
+            self._follow(audit, fresh=fresh)
             return
         self.audit = audit
         self.cfg = audit.cfg
@@ -114,7 +130,7 @@ class LiveMixin:
         for spec in self.live_feed.submit_unfinished():
             self.state.add_spec(spec, queued=True)
         self.state.set_live(True)
-        self.mode = "live" if task is not None else "resumed"
+        self.mode = "live" if fresh else "resumed"
         self.training = self._train()
         self.flush()
 

@@ -18,6 +18,7 @@ from engine.events import BatchProgress, EpochDone, Event, RunEnded, RunStarted
 from engine.plan import RunSpec, parse_run_id
 from engine.records import End, Epoch, Header, Record, Start
 from engine.runstore import RunLog
+from engine.userdata import diagnostic_n_for
 from engine.verdicts import Alert, Verdict, evaluate, needs_baseline, new_alerts, verdict
 
 # (256-colour index, marker) per run, in order of appearance: the marker keeps series
@@ -179,9 +180,7 @@ class AuditState:
     # ---- questions widgets ask -------------------------------------------------------
     @functools.cached_property
     def diagnostic_n(self) -> int:
-        """The diagnostic set's size: n_samples, or a smaller test split whole (engine.data)."""
-        from engine.data import diagnostic_n_for  # torch, once a chart asks
-
+        """The diagnostic set's size: n_samples, or a smaller test split whole (without loading it)."""
         return diagnostic_n_for(self.cfg)
 
     def outcome(self) -> str:

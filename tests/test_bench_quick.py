@@ -43,6 +43,9 @@ def test_quick_bench_writes_every_key_with_positive_finite_values(tmp_path):
     assert r["ui_runs_training"] == 2
     # memory is the real two-worker audit's process tree: the audit, its training children, the tracker
     assert 0 < r["peak_pss_mb"] <= r["peak_rss_mb"] and r["memory_processes"] >= 3 and r["memory_runs"] == 2
+    # and the same audit from the console: the console, the data check, the trainer and its children
+    assert 0 < r["console_own_rss_mb"] < r["console_peak_pss_mb"] <= r["console_peak_rss_mb"]
+    assert r["console_memory_processes"] >= 4 and r["console_memory_runs"] == 2
     assert "| bp |" in md.read_text()
     # one thread, as an audit's runs train: the rate and the shares measured at that thread count
     one = r["one_thread"]
@@ -56,6 +59,8 @@ def test_quick_bench_writes_every_key_with_positive_finite_values(tmp_path):
     assert f"torch kernels {mc['cpu_capability']}" in md.read_text()
     goals = {g["goal"]: g for g in r["goals"]}
     assert goals["peak memory of the two-worker audit, summed RSS (MB)"]["measured"] == r["peak_rss_mb"]
+    console = goals["the same audit from the console: console + trainer tree, summed RSS (MB)"]
+    assert console["measured"] == r["console_peak_rss_mb"] and console["met"] == (r["console_peak_rss_mb"] <= 1536)
 
 
 def test_cpu_flags_are_read_from_cpuinfo_and_filtered_to_the_matmul_ones(monkeypatch, tmp_path):

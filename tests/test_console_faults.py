@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 from textual.widgets import Static
 
-import faeval_tui.live
+import engine.data
 from engine.config import load_config
 from engine.data import load_task
 from engine.errors import DataError
@@ -114,7 +114,7 @@ class SlowLoader:
 
 async def test_data_loads_off_the_event_loop_then_the_audit_is_created(tmp_path: Path, monkeypatch) -> None:
     loader = SlowLoader()
-    monkeypatch.setattr(faeval_tui.live, "load_task", loader)
+    monkeypatch.setattr(engine.data, "load_task", loader)
     runs_dir = tmp_path / "runs"
     app = FaevalApp(cfg=load_config(None, TINY), runs_dir=runs_dir, bell=False)
     try:
@@ -142,7 +142,7 @@ async def test_data_loads_off_the_event_loop_then_the_audit_is_created(tmp_path:
 
 async def test_quitting_while_the_data_loads_creates_nothing(tmp_path: Path, monkeypatch) -> None:
     loader = SlowLoader()
-    monkeypatch.setattr(faeval_tui.live, "load_task", loader)
+    monkeypatch.setattr(engine.data, "load_task", loader)
     runs_dir = tmp_path / "runs"
     app = FaevalApp(cfg=load_config(None, TINY), runs_dir=runs_dir, bell=False)
     try:

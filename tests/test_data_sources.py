@@ -4,6 +4,9 @@ loading, and a TaskData handed in from Python (pinned by its fingerprint)."""
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from engine.data import (
 )
 from engine.errors import DataError
 from engine.events import EpochDone
+from engine.runstore import RECORDS, read_run
 from engine.scheduler import AuditRunner
 from faeval_tui.cli import app
 from tests.cifar_fixtures import make_cifar_archive
@@ -396,7 +400,11 @@ def test_the_config_data_handed_in_pins_nothing_and_other_data_after_training_is
 # --- the console: the same refusal and the same pin ---------------------------------------
 
 @pytest.mark.asyncio
-async def test_the_console_refuses_a_bad_npz_before_creating_the_audit_and_pins_a_good_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("detach", [False, True], ids=["in-process", "trainer-process"])
+async def test_the_console_refuses_a_bad_npz_before_creating_the_audit_and_pins_a_good_one(
+        tmp_path: Path, detach: bool) -> None:
+    """The same refusal and pin whether the console loads the data for its own runner or
+    has it checked in a process of its own (``faeval_tui.data_check``) for a trainer process."""
     from faeval_tui.app import FaevalApp
     from faeval_tui.dialogs import ErrorScreen
     from tests.test_console import until
@@ -404,19 +412,60 @@ async def test_the_console_refuses_a_bad_npz_before_creating_the_audit_and_pins_
     bad = save(tmp_path / "bad.npz", **{**good_arrays(), "y_test": good_arrays()["y_test"][:-1]})
     runs = tmp_path / "runs"
     app = FaevalApp(cfg=load_config(None, tiny("epochs=1", "methods=[bp]", "dataset=npz", f"data_path={bad}")),
-                    runs_dir=runs, bell=False)
+                    runs_dir=runs, bell=False, detach=detach, poll_s=0.2)
     async with app.run_test(size=(100, 32)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ErrorScreen))
-    assert isinstance(app.failure, DataError) and "'x_test' has 64 rows but 'y_test' has 63 labels" in app.failure.problem
+    assert type(app.failure) is DataError and "'x_test' has 64 rows but 'y_test' has 63 labels" in app.failure.problem
+    assert app.failure.hint  # the check's hint crosses the process boundary with its problem
     assert not runs.exists() or not any(runs.iterdir())
 
     good = save(tmp_path / "good.npz", **good_arrays())
     app = FaevalApp(cfg=load_config(None, tiny("epochs=1", "methods=[bp]", "dataset=npz", f"data_path={good}")),
-                    runs_dir=runs, bell=False)
+                    runs_dir=runs, bell=False, detach=detach, poll_s=0.2)
     async with app.run_test(size=(100, 32)) as pilot:
-        await until(pilot, lambda: bool(app.state.runs) and not app.state.active())
+        if detach:
+            await until(pilot, lambda: app.audit is not None and not app.trainer_live())
+        else:
+            await until(pilot, lambda: bool(app.state.runs) and not app.state.active())
     (config,) = runs.glob("*/config.yaml")
-    assert yaml.safe_load(config.read_text())["data_sha256"] == sha256(good)
+    pinned = yaml.safe_load(config.read_text())
+    assert pinned["data_sha256"] == sha256(good) and pinned["data_path"] == str(good.absolute())
+    assert read_run(config.parent / "bp-s42" / RECORDS).end.status == "finished"
+
+
+DETACHED_CONSOLE = """
+import asyncio, json, sys, time
+from pathlib import Path
+from engine.config import load_config
+from faeval_tui.app import FaevalApp
+
+async def main():
+    app = FaevalApp(cfg=load_config(None, {sets!r}), runs_dir=Path({runs!r}), bell=False, detach=True, poll_s=0.2)
+    async with app.run_test(size=(100, 32)) as pilot:
+        deadline = time.monotonic() + {wait!r}
+        while not (app.audit is not None and not app.trainer_live()):
+            assert time.monotonic() < deadline, "the trainer never finished"
+            await pilot.pause(0.2)
+        await pilot.pause(0.5)
+        print(json.dumps({{"torch": "torch" in sys.modules, "audit": str(app.audit.path), "mode": app.mode}}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_console_with_a_trainer_process_trains_an_audit_without_ever_importing_torch(tmp_path: Path) -> None:
+    from tests.conftest import WAIT_S
+
+    script = DETACHED_CONSOLE.format(sets=tiny("epochs=2", "methods=[bp,frozen]"), runs=str(tmp_path / "runs"),
+                                     wait=WAIT_S)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=WAIT_S * 2)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["torch"] is False and seen["mode"] == "live"
+    for rid in ("bp-s42", "frozen-s42"):
+        log = read_run(Path(seen["audit"]) / rid / RECORDS)
+        assert log.end.status == "finished" and [e.epoch for e in log.epochs] == [1, 2]
 
 
 def test_the_class_count_the_tables_and_charts_use_is_the_npz_files_own(tmp_path: Path) -> None:

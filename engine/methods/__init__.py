@@ -1,19 +1,35 @@
 """Method registry: every ``Method`` subclass in this package, plus any registered by a user.
 
 Modules here are imported on first use; a third-party package can add methods through
-the ``faeval_tui.methods`` entry-point group, and a script through ``register_method``.
+the ``faeval_tui.methods`` entry-point group (the entry point's name is the method's
+``name``), and a script through ``register_method``.
+
+``method_names`` lists the names without importing a method, nor torch: a config is
+validated by it, so a console that follows a trainer process never loads torch.
 """
 from __future__ import annotations
 
 import importlib
 import pkgutil
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .base import Method, Probe, output_error
+if TYPE_CHECKING:
+    from .base import Method, Probe, output_error
 
 _REGISTRY: dict[str, type[Method]] = {}
 _loaded = False
+_NOT_METHODS = ("base", "feedback")  # the modules here that define no method; each other one is named after its method
+ENTRY_POINTS = "faeval_tui.methods"
+
+
+def __getattr__(name: str) -> Any:
+    """``Method``, ``Probe`` and ``output_error`` from ``.base`` on first use (it imports torch)."""
+    if name in ("Method", "Probe", "output_error"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -38,21 +54,36 @@ def _discover() -> None:
     if _loaded:
         return
     _loaded = True
+    from .base import Method
+
     for info in pkgutil.iter_modules(__path__):
-        if info.name in ("base", "feedback"):
+        if info.name in _NOT_METHODS:
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         for obj in vars(module).values():
             if isinstance(obj, type) and issubclass(obj, Method) and obj.__module__ == module.__name__ \
                     and "name" in vars(obj):
                 register_method(obj)
-    for ep in entry_points(group="faeval_tui.methods"):
-        register_method(ep.load())
+    for ep in entry_points(group=ENTRY_POINTS):
+        cls = ep.load()
+        if getattr(cls, "name", None) != ep.name:  # method_names lists the entry point's name unloaded
+            raise ValueError(f"the {ENTRY_POINTS} entry point {ep.name!r} ({ep.value}) loads a method named "
+                             f"{getattr(cls, 'name', None)!r}: name the entry point after the method")
+        register_method(cls)
 
 
 def available_methods() -> list[str]:
     _discover()
     return sorted(_REGISTRY)
+
+
+def method_names() -> list[str]:
+    """The names ``available_methods`` gives, without importing a method (nor torch): this
+    package's modules, the entry points' names, and the methods registered so far."""
+    if _loaded:
+        return available_methods()
+    builtin = {info.name for info in pkgutil.iter_modules(__path__) if info.name not in _NOT_METHODS}
+    return sorted(builtin | {ep.name for ep in entry_points(group=ENTRY_POINTS)} | set(_REGISTRY))
 
 
 def build_method(name: str, model, n_classes: int, generator, config: Any = None) -> Method:
@@ -74,5 +105,5 @@ def get_method(name: str) -> type[Method]:
         raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
 
 
-__all__ = ["Method", "Probe", "available_methods", "build_method", "get_method", "output_error", "register_method",
-           "unregister_method"]
+__all__ = ["Method", "Probe", "available_methods", "build_method", "get_method", "method_names", "output_error",
+           "register_method", "unregister_method"]
