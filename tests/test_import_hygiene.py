@@ -55,6 +55,31 @@ def test_the_method_names_listed_without_torch_are_the_methods_the_registry_load
     assert proc.stdout.split(" ", 1) == ["True", "['bp', 'dfa', 'ep', 'fa', 'fa_lillicrap', 'frozen']\n"]
 
 
+def test_the_first_lookup_from_two_training_threads_at_once_finds_every_method():
+    """An audit's worker threads are the first to load the methods (a config is validated
+    by their names alone): the second waits for the first's discovery, however slow, and
+    does not see a half-filled registry."""
+    code = ("import importlib, threading, time, engine.methods as m\n"
+            "real = importlib.import_module\n"
+            "def slow(name, *a):\n"
+            "    time.sleep(0.2)\n"
+            "    return real(name, *a)\n"
+            "m.importlib.import_module = slow\n"
+            "found, errors = [], []\n"
+            "def look():\n"
+            "    try:\n"
+            "        found.append(m.get_method('frozen').name)\n"
+            "    except KeyError as err:\n"
+            "        errors.append(str(err))\n"
+            "threads = [threading.Thread(target=look) for _ in range(2)]\n"
+            "[t.start() or time.sleep(0.05) for t in threads]\n"
+            "[t.join() for t in threads]\n"
+            "print(found, errors)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "['frozen', 'frozen'] []\n"
+
+
 PLUGIN = """
 import torch
 from engine.methods.bp import Backprop

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 _REGISTRY: dict[str, type[Method]] = {}
 _loaded = False
+_discovering = threading.RLock()  # an RLock: a method module may ask the registry while it is imported
 _NOT_METHODS = ("base", "feedback")  # the modules here that define no method; each other one is named after its method
 ENTRY_POINTS = "faeval_tui.methods"
 
@@ -50,26 +52,32 @@ def unregister_method(name: str) -> None:
 
 
 def _discover() -> None:
+    """Import this package's method modules and the entry points' methods, once. The first
+    call may come from several training threads at once (an audit's workers): the others
+    wait for it, and ``_loaded`` is set only when the registry is whole."""
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    from .base import Method
+    with _discovering:
+        if _loaded:
+            return
+        from .base import Method
 
-    for info in pkgutil.iter_modules(__path__):
-        if info.name in _NOT_METHODS:
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for obj in vars(module).values():
-            if isinstance(obj, type) and issubclass(obj, Method) and obj.__module__ == module.__name__ \
-                    and "name" in vars(obj):
-                register_method(obj)
-    for ep in entry_points(group=ENTRY_POINTS):
-        cls = ep.load()
-        if getattr(cls, "name", None) != ep.name:  # method_names lists the entry point's name unloaded
-            raise ValueError(f"the {ENTRY_POINTS} entry point {ep.name!r} ({ep.value}) loads a method named "
-                             f"{getattr(cls, 'name', None)!r}: name the entry point after the method")
-        register_method(cls)
+        for info in pkgutil.iter_modules(__path__):
+            if info.name in _NOT_METHODS:
+                continue
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            for obj in vars(module).values():
+                if isinstance(obj, type) and issubclass(obj, Method) and obj.__module__ == module.__name__ \
+                        and "name" in vars(obj):
+                    register_method(obj)
+        for ep in entry_points(group=ENTRY_POINTS):
+            cls = ep.load()
+            if getattr(cls, "name", None) != ep.name:  # method_names lists the entry point's name unloaded
+                raise ValueError(f"the {ENTRY_POINTS} entry point {ep.name!r} ({ep.value}) loads a method named "
+                                 f"{getattr(cls, 'name', None)!r}: name the entry point after the method")
+            register_method(cls)
+        _loaded = True
 
 
 def available_methods() -> list[str]:
