@@ -46,6 +46,7 @@ def test_quick_bench_writes_every_key_with_positive_finite_values(tmp_path):
     # and the same audit from the console: the console, the data check, the trainer and its children
     assert 0 < r["console_own_rss_mb"] < r["console_peak_pss_mb"] <= r["console_peak_rss_mb"]
     assert r["console_memory_processes"] >= 4 and r["console_memory_runs"] == 2
+    assert r["console_imported_torch"] is False  # the console process itself; its trainer does
     assert "| bp |" in md.read_text()
     # one thread, as an audit's runs train: the rate and the shares measured at that thread count
     one = r["one_thread"]

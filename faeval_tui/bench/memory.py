@@ -20,6 +20,7 @@ short-lived data check, the trainer and its training children.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -86,9 +87,10 @@ def _audit_sets(data_dir: Path, seeds, methods, epochs: int, sets) -> list[str]:
             "workers=2", "penalty_methods=[]", "reuse=false", *sets]
 
 
-def _sampled(args: list[str], threads: int, what: str) -> dict[str, int]:
+def _sampled(args: list[str], threads: int, what: str) -> tuple[dict[str, int], str]:
     """Run ``args`` to its end, sampling its process tree every 50 ms: the peaks (KiB) of the
-    summed RSS and PSS, of the first process's own RSS, and the tree's largest size."""
+    summed RSS and PSS, of the first process's own RSS, and the tree's largest size; and
+    what it printed."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -108,12 +110,12 @@ def _sampled(args: list[str], threads: int, what: str) -> dict[str, int]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, err = proc.communicate()
+    out, err = proc.communicate()
     done.set()
     sampler.join()
     if proc.returncode != 0:  # both exit 0 only when every run finished
         raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{err[-2000:]}")
-    return peak
+    return peak, out
 
 
 def peak_rss(n_train: int = 50_000, n_test: int = 10_000, seeds: tuple[int, ...] = (42, 123),
@@ -128,14 +130,15 @@ def peak_rss(n_train: int = 50_000, n_test: int = 10_000, seeds: tuple[int, ...]
         args = [sys.executable, "-m", "faeval_tui", "run", "--preset", PRESET, "--runs-dir", str(Path(tmp) / "runs")]
         for kv in keys:
             args += ["--set", kv]
-        peak = _sampled(args, threads, "the memory audit")
+        peak, _ = _sampled(args, threads, "the memory audit")
         runs = list((Path(tmp) / "runs").glob("*/*/records.jsonl"))
         out = {"peak_rss_mb": peak["rss"] / 1024, "peak_pss_mb": peak["pss"] / 1024,
                "memory_processes": peak["processes"], "memory_runs": len(runs)}
         if console:
             args = [sys.executable, "-m", "faeval_tui.bench.memory", str(Path(tmp) / "console-runs"), *keys]
-            peak = _sampled(args, threads, "the console's memory audit")
-            out.update(console_peak_rss_mb=peak["rss"] / 1024, console_peak_pss_mb=peak["pss"] / 1024,
+            peak, said = _sampled(args, threads, "the console's memory audit")
+            out.update(console_imported_torch=json.loads(said.strip().splitlines()[-1])["torch"],
+                       console_peak_rss_mb=peak["rss"] / 1024, console_peak_pss_mb=peak["pss"] / 1024,
                        console_own_rss_mb=peak["root"] / 1024, console_memory_processes=peak["processes"],
                        console_memory_runs=len(list((Path(tmp) / "console-runs").glob("*/*/records.jsonl"))))
     return out
@@ -158,6 +161,7 @@ async def _console(runs_dir: Path, sets: list[str], wait_s: float = 3600.0) -> i
             await pilot.pause(0.5)
         await pilot.pause(1.0)  # the last records drawn
         ends = [read_run(app.audit.path / rid / RECORDS).end for rid in app.state.runs]
+    print(json.dumps({"torch": "torch" in sys.modules}))  # the console's process, not its trainer's
     return 0 if ends and all(e is not None and e.status == "finished" for e in ends) else 1
 
 
