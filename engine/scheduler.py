@@ -11,7 +11,7 @@ import torch
 from .audit import Audit
 from .checkpoint import check_audit_config, resume_state
 from .data import TaskData, check_diagnostic_size, load_task, loaded_from_config, task_fingerprint
-from .device import apply_threads, drop_shared_pages, release_freed_memory, training_device
+from .device import apply_threads, drop_shared_pages, precision_warning, release_freed_memory, training_device
 from .errors import DataError, StoreError
 from .events import EpochDone, Listener, RunEnded, RunStarted, ignore
 from .plan import RunSpec
@@ -87,6 +87,8 @@ class AuditRunner:
         self.statuses: dict[str, str] = {}
         self._keep_alive = False
         self.warn: Warn = warn or stderr_warning
+        if (slow := precision_warning(audit.cfg, self.device)) is not None:
+            self.warn(slow)
         self.reused: dict[str, str] = {}  # run_id → the run directory it was copied from
         self.not_reused: dict[str, list[str]] = {}  # run_id → why each candidate source was refused
         self._keys: dict[str, tuple[str | None, dict[str, Any] | None]] = {}

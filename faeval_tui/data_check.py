@@ -7,7 +7,8 @@ import torch and keep a second copy of CIFAR beside the trainer's for as long as
 console runs (about 250 MiB); this process loads it, answers, and exits.
 
 The config goes in on stdin as JSON (``AuditConfig.dump``); one JSON object comes out on
-stdout: the pinned ``data_path``/``data_sha256``, or the refusal's class, problem and hint.
+stdout: the pinned ``data_path``/``data_sha256`` and a warning the console shows (bf16 on a
+CPU that emulates it), or the refusal's class, problem and hint.
 """
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ def start() -> subprocess.Popen:
                             text=True, close_fds=True)
 
 
-def answer(proc: subprocess.Popen, cfg: AuditConfig) -> None:
+def answer(proc: subprocess.Popen, cfg: AuditConfig) -> str | None:
     """Send ``cfg`` to the check in ``proc`` and wait for it: pins an npz file in ``cfg``
-    as ``checked_task`` would, or raises the check's refusal as the same FaevalError."""
+    as ``checked_task`` would and returns the check's warning (None: nothing to say), or
+    raises the check's refusal as the same FaevalError."""
     out, err = proc.communicate(json.dumps(cfg.dump()))
     try:
         reply: dict[str, Any] = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
@@ -53,10 +55,12 @@ def answer(proc: subprocess.Popen, cfg: AuditConfig) -> None:
         raise cls(reply["problem"], reply.get("hint", ""))
     for key in PINNED:
         setattr(cfg, key, reply.get(key))
+    return reply.get("warning")
 
 
 def main(stdin: IO[str] = sys.stdin, stdout: IO[str] = sys.stdout) -> int:
     from engine.data import checked_task  # torch, in this process only
+    from engine.device import precision_warning, training_device
 
     try:
         cfg = validate(json.loads(stdin.read()), "the console's config")
@@ -65,6 +69,7 @@ def main(stdin: IO[str] = sys.stdin, stdout: IO[str] = sys.stdout) -> int:
         reply: dict[str, Any] = {"error": type(err).__name__, "problem": err.problem, "hint": err.hint}
     else:
         reply = {key: getattr(cfg, key) for key in PINNED}
+        reply["warning"] = precision_warning(cfg, training_device(cfg))
     stdout.write(json.dumps(reply) + "\n")
     return 0
 

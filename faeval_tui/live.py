@@ -49,6 +49,7 @@ class TaskLoaded(Message):
     """A new audit's device and data, checked on a thread: the audit can be created."""
 
     task: TaskData | None  # for a runner in this process (None: checked elsewhere, or on_task_loaded took it)
+    warning: str | None = None  # what the console says before training (bf16 on a CPU that emulates it)
 
 
 @dataclass
@@ -81,11 +82,13 @@ class LiveMixin:
                 if self._quitting:
                     return
                 self.checker = data_check.start()
-                data_check.answer(self.checker, self.cfg)
+                warning = data_check.answer(self.checker, self.cfg)
             else:
                 from engine.data import checked_task
+                from engine.device import precision_warning, training_device
 
                 task = checked_task(self.cfg)  # on the CPU: the runner places it
+                warning = precision_warning(self.cfg, training_device(self.cfg))
         except FaevalError as err:
             if not self._quitting:
                 self.post_message(TrainingFailed(err))
@@ -94,12 +97,14 @@ class LiveMixin:
             self.post_message(TrainingFailed(StoreError(f"cannot start the data check process: {err}",
                                                         "check that faeval-tui is installed in this Python")))
             return
-        self.post_message(TaskLoaded(task))
+        self.post_message(TaskLoaded(task, warning))
 
     def on_task_loaded(self, message: TaskLoaded) -> None:
         task, message.task = message.task, None
         if self._quitting:
             return  # quit while the data loaded
+        if message.warning:
+            self.notify(message.warning, title="precision", severity="warning", timeout=20)
         try:
             audit = Audit.create(self.cfg, self.runs_dir)
         except FaevalError as err:

@@ -156,3 +156,18 @@ async def test_quitting_while_the_data_loads_creates_nothing(tmp_path: Path, mon
         loader.go.set()
     assert app.return_code == 0 and app.audit is None
     assert not runs_dir.exists()
+
+
+async def test_bf16_on_a_cpu_that_emulates_it_is_said_in_a_toast_and_training_goes_on(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    import engine.device
+
+    monkeypatch.setattr(engine.device, "native_cpu_bf16", lambda: False)
+    app = FaevalApp(cfg=load_config(None, TINY + ["precision=bf16", "methods=[frozen]", "epochs=1"]),
+                    runs_dir=tmp_path / "runs", bell=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: finished(app))
+        said = [n for n in app._notifications if n.title == "precision"]
+        assert len(said) == 1 and said[0].severity == "warning"
+        assert said[0].message.startswith("precision = 'bf16' but this CPU has no native bfloat16")
+    assert app.failure is None

@@ -180,6 +180,38 @@ def test_bf16_is_allowed_on_cpu(new_audit):
     assert runner.device == torch.device("cpu")
 
 
+SLOW_BF16 = ("precision = 'bf16' but this CPU has no native bfloat16 (neither AVX512-BF16 nor AMX): its bfloat16 "
+             "steps are emulated, about 10x slower than float32; --set precision=fp32 trains at full speed")
+
+
+@pytest.mark.parametrize("native, precision, expected", [(False, "bf16", SLOW_BF16), (True, "bf16", None),
+                                                         (None, "bf16", None), (False, "fp32", None)])
+def test_bf16_on_a_cpu_that_emulates_it_is_said_once_by_the_runner_not_refused(new_audit, monkeypatch, native,
+                                                                              precision, expected):
+    import engine.device
+
+    monkeypatch.setattr(engine.device, "native_cpu_bf16", lambda: native)  # None: torch cannot tell
+    said: list[str] = []
+    runner = AuditRunner(new_audit(f"precision={precision}", "device=cpu", "methods=[bp]"), warn=said.append)
+    assert runner.device == torch.device("cpu")
+    assert said == ([] if expected is None else [expected])
+    assert engine.device.precision_warning(runner.audit.cfg, torch.device("cuda")) is None  # a GPU's is refused
+
+
+def test_the_consoles_data_check_passes_the_slow_bf16_warning_on(monkeypatch):
+    import io
+    import json
+
+    import engine.device
+    from faeval_tui import data_check
+
+    monkeypatch.setattr(engine.device, "native_cpu_bf16", lambda: False)
+    out = io.StringIO()
+    cfg = load_config(None, tiny("precision=bf16", "methods=[bp]"))
+    assert data_check.main(io.StringIO(json.dumps(cfg.dump())), out) == 0
+    assert json.loads(out.getvalue()) == {"data_path": None, "data_sha256": None, "warning": SLOW_BF16}
+
+
 def test_bf16_on_a_gpu_without_bfloat16_is_refused_with_what_to_do(new_audit, monkeypatch):
     audit = new_audit("precision=bf16", "device=cuda", "methods=[bp]")
     if not torch.cuda.is_available():  # this machine: the device is refused before precision matters
