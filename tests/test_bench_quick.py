@@ -70,7 +70,7 @@ def test_cpu_flags_are_read_from_cpuinfo_and_filtered_to_the_matmul_ones(monkeyp
     from faeval_tui.bench import run
 
     fake = tmp_path / "cpuinfo"
-    fake.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Test CPU\n"
+    fake.write_text("processor\t: 0\ncpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel(R) Xeon(R) Test CPU\n"
                     "flags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 amx_tile amx_bf16 sha_ni\n")
     real_open = builtins.open
     monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(fake if path == "/proc/cpuinfo" else path,
@@ -79,7 +79,8 @@ def test_cpu_flags_are_read_from_cpuinfo_and_filtered_to_the_matmul_ones(monkeyp
     assert mc["cpu"] == "Intel(R) Xeon(R) Test CPU"
     assert mc["cpu_flags"] == ["fma", "avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
     line = run.machine_line(mc)
-    assert "Intel(R) Xeon(R) Test CPU" in line and "; AMX;" in line and "sha_ni" not in line
+    assert "Intel(R) Xeon(R) Test CPU (family 6 model 143), " in line and "; AMX;" in line and "sha_ni" not in line
+    assert (mc["cpu_family"], mc["cpu_model"]) == ("6", "143")
 
 
 @pytest.mark.slow  # profiles real training steps

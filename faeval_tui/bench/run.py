@@ -56,19 +56,23 @@ MATMUL_FLAGS = ("fma", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
 def machine() -> dict[str, Any]:
     """What the figures were measured on: the CPU's model and matmul-relevant flags, so
     figures from two machines are never compared without saying so."""
-    model, flags = platform.processor() or "?", set()
+    model, flags, ident = platform.processor() or "?", set(), {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and model in ("?", platform.processor()):
+                key = key.strip()
+                if key == "model name" and model in ("?", platform.processor()):
                     model = value.strip()
-                elif key.strip() == "flags" and not flags:
+                elif key == "flags" and not flags:
                     flags = set(value.split())
+                elif key in ("cpu family", "model") and key not in ident:
+                    ident[key] = value.strip()  # a VM may name only "AMD EPYC": family and model tell which
     except OSError:
         pass
     bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
+    return {"cpu": model, "cpu_family": ident.get("cpu family"), "cpu_model": ident.get("model"),
+            "cores": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "cpu_flags": [f for f in MATMUL_FLAGS if f in flags],
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "onednn_bf16": bool(bf16()) if bf16 is not None else None,
@@ -78,8 +82,9 @@ def machine() -> dict[str, Any]:
 def machine_line(mc: dict[str, Any]) -> str:
     flags = ", ".join(mc.get("cpu_flags", [])) or "none of " + "/".join(MATMUL_FLAGS[:3])
     amx = "AMX" if any(f.startswith("amx") for f in mc.get("cpu_flags", [])) else "no AMX"
-    return (f"{mc['cpu']}, {mc['cores']} cores ({flags}; {amx}; torch kernels {mc.get('cpu_capability', '?')}), "
-            f"torch {mc['torch']}")
+    ident = f" (family {mc['cpu_family']} model {mc['cpu_model']})" if mc.get("cpu_family") else ""
+    return (f"{mc['cpu']}{ident}, {mc['cores']} cores ({flags}; {amx}; torch kernels "
+            f"{mc.get('cpu_capability', '?')}), torch {mc['torch']}")
 
 
 def run_bench(quick: bool = False, log=print) -> dict[str, Any]:
