@@ -149,5 +149,13 @@ def run_headless(audit: Audit, task: TaskData | None = None,
     for why in inbox.refused:
         print(f"refused: {why}", file=sys.stderr, flush=True)
     if runner.stop_event.is_set():
-        print(f"stopped; continue with: faeval-tui resume {audit.path}", file=sys.stderr, flush=True)
+        print(stopped_line(audit), file=sys.stderr, flush=True)
     return statuses
+
+
+def stopped_line(audit: Audit) -> str:
+    """What a trainer says when it was stopped: how to go on, or, when the stop came as the
+    last epoch ended (its diagnostics), that nothing is left."""
+    if any(audit.log(s.run_id).unfinished for s in audit.planned()):
+        return f"stopped; continue with: faeval-tui resume {audit.path}"
+    return "stopped after every run had finished: nothing to resume"

@@ -128,3 +128,12 @@ async def test_training_outlives_the_console_and_a_new_console_attaches_and_stop
     assert log.end.status == "stopped" and (audit.path / "frozen-s42" / "checkpoint.pt").is_file()
     assert [e.epoch for e in log.epochs] == list(range(1, len(log.epochs) + 1))  # complete, in order
     assert not audit.is_live()
+
+
+def test_a_stop_that_came_as_the_last_epoch_ended_does_not_ask_for_a_resume(new_audit) -> None:
+    from faeval_tui.headless import run_headless, stopped_line
+
+    audit = new_audit("methods=[frozen]", "epochs=1")
+    assert stopped_line(audit) == f"stopped; continue with: faeval-tui resume {audit.path}"  # nothing trained yet
+    assert run_headless(audit) == {"frozen-s42": "finished"}
+    assert stopped_line(audit) == "stopped after every run had finished: nothing to resume"
