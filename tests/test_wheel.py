@@ -13,7 +13,8 @@ import pytest
 from tests.conftest import WAIT_S
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+# one xdist worker for both (.ci/run: -n 2 --dist loadgroup): they share one built wheel and venv
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
