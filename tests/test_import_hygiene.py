@@ -1,30 +1,31 @@
-"""engine/ is a library: importing every module of it pulls in neither textual nor rich."""
+"""What importing a piece pulls in, each checked in a fresh interpreter: engine/ is a
+library (neither textual nor rich), and the CLI's help, the presets and a console whose
+trainer is a process of its own never import torch."""
 import subprocess
 import sys
 
 
-def test_engine_never_imports_textual_or_rich():
-    code = ("import pkgutil, importlib, sys, engine, engine.methods\n"
-            "for m in pkgutil.walk_packages(engine.__path__, 'engine.'): importlib.import_module(m.name)\n"
-            "import engine.methods; engine.methods.available_methods()\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')]\n"
-            "print(bad); sys.exit(1 if bad else 0)\n")
+def assert_never_imports(code: str, *packages: str) -> None:
+    """Run ``code`` in a fresh interpreter; then none of ``packages`` may have been imported."""
+    code += (f"\nimport sys\nbad = [m for m in sys.modules if m.split('.')[0] in {packages!r}]\n"
+             "print(bad[:5]); sys.exit(1 if bad else 0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_engine_never_imports_textual_or_rich():
+    assert_never_imports("import pkgutil, importlib, engine, engine.methods\n"
+                         "for m in pkgutil.walk_packages(engine.__path__, 'engine.'): importlib.import_module(m.name)\n"
+                         "engine.methods.available_methods()", "textual", "rich")
 
 
 def test_listing_presets_and_the_help_never_import_torch():
-    code = ("import sys\n"
-            "from typer.testing import CliRunner\n"
-            "from faeval_tui.cli import app\n"
-            "for args in (['presets'], ['--help'], ['run', '--help']):\n"
-            "    res = CliRunner().invoke(app, args)\n"
-            "    assert res.exit_code == 0, res.output\n"
-            "assert 'synthetic_default' in CliRunner().invoke(app, ['presets']).output\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] == 'torch']\n"
-            "print(bad[:5]); sys.exit(1 if bad else 0)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_never_imports("from typer.testing import CliRunner\n"
+                         "from faeval_tui.cli import app\n"
+                         "for args in (['presets'], ['--help'], ['run', '--help']):\n"
+                         "    res = CliRunner().invoke(app, args)\n"
+                         "    assert res.exit_code == 0, res.output\n"
+                         "assert 'synthetic_default' in CliRunner().invoke(app, ['presets']).output", "torch")
 
 
 CONSOLE_MODULES = ("faeval_tui.app", "faeval_tui.live", "faeval_tui.feeds", "faeval_tui.data_check",
@@ -35,14 +36,10 @@ def test_the_console_modules_and_every_preset_load_without_torch():
     """A console whose trainer is a process of its own keeps torch (180 MiB of RSS, 250 with
     CIFAR's data) out of its process: its modules, and loading and validating every preset
     (method names included), never import it."""
-    code = (f"import sys\nfor m in {CONSOLE_MODULES!r}: __import__(m)\n"
-            "from engine.config import load_config, shipped_presets\n"
-            "cfgs = [load_config(name) for name in shipped_presets()]\n"
-            "assert len(cfgs) >= 5 and all(c.methods for c in cfgs)\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] == 'torch']\n"
-            "print(bad[:5]); sys.exit(1 if bad else 0)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_never_imports(f"for m in {CONSOLE_MODULES!r}: __import__(m)\n"
+                         "from engine.config import load_config, shipped_presets\n"
+                         "cfgs = [load_config(name) for name in shipped_presets()]\n"
+                         "assert len(cfgs) >= 5 and all(c.methods for c in cfgs)", "torch")
 
 
 def test_the_method_names_listed_without_torch_are_the_methods_the_registry_loads():
