@@ -19,6 +19,10 @@ def _positive_finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
+def goals_by_name(r: dict) -> dict[str, dict]:
+    return {g["goal"]: g for g in r["goals"]}
+
+
 @pytest.mark.slow  # trains real audits, two of them in worker processes, and drives the console
 def test_quick_bench_writes_every_key_with_positive_finite_values(tmp_path):
     out = tmp_path / "bench.json"
@@ -50,18 +54,43 @@ def test_quick_bench_writes_every_key_with_positive_finite_values(tmp_path):
     assert "| bp |" in md.read_text()
     # one thread, as an audit's runs train: the rate and the shares measured at that thread count
     one = r["one_thread"]
-    assert _positive_finite(one["matmul_gflops"]) and set(one["methods"]) == {"bp", "fa", "dfa"}
-    for m in one["methods"].values():
-        assert all(_positive_finite(m[k]) for k in ("epoch_s", "gflops", "frac_of_matmul", "ratio_to_bp"))
+    assert _positive_finite(one["matmul_gflops"])
+    assert list(one["methods"]) == ["bp", "fa", "dfa", "fa_lillicrap", "ep"]
+    for name, m in one["methods"].items():
+        counted = ("epoch_s", "gflops", "frac_of_matmul", "ratio_to_bp") if name != "ep" else ("epoch_s", "ratio_to_bp")
+        assert all(_positive_finite(m[k]) for k in counted), name
+    # ep's products depend on its relaxation: no share is made up for it, only its multiple of bp
+    assert one["methods"]["ep"]["gflops"] is None and one["methods"]["ep"]["frac_of_matmul"] is None
     assert one["methods"]["bp"]["ratio_to_bp"] == 1.0
+    text = md.read_text()
+    assert f"ep {one['methods']['ep']['epoch_s']:.2f} s, {one['methods']['ep']['ratio_to_bp']:.2f} × bp" in text
+    lillicrap = goals_by_name(r)["fa_lillicrap epoch / bp epoch, 1 thread (bp's products, each B in its W's place)"]
+    assert lillicrap["measured"] == one["methods"]["fa_lillicrap"]["ratio_to_bp"]
+    assert lillicrap["met"] == (lillicrap["measured"] <= 1.10)
     # the machine is named with the CPU features its matmul kernels depend on
     mc = r["machine"]
     assert mc["cpu"] and mc["cpu_capability"] and isinstance(mc["cpu_flags"], list)
     assert f"torch kernels {mc['cpu_capability']}" in md.read_text()
-    goals = {g["goal"]: g for g in r["goals"]}
+    goals = goals_by_name(r)
     assert goals["peak memory of the two-worker audit, summed RSS (MB)"]["measured"] == r["peak_rss_mb"]
     console = goals["the same audit from the console: console + trainer tree, summed RSS (MB)"]
     assert console["measured"] == r["console_peak_rss_mb"] and console["met"] == (r["console_peak_rss_mb"] <= 1536)
+
+
+def test_matmul_counts_cover_the_rules_whose_products_are_fixed_and_refuse_ep():
+    from faeval_tui.bench import shapes
+
+    args = (128, 3072, 100, 256, 4, 256)
+    bp = shapes.step_matmuls("bp", *args)
+    # Lillicrap's FA forms g·B where bp forms g·W: the same products, the same count
+    assert shapes.step_matmuls("fa_lillicrap", *args) == bp
+    # the 4-block ResMLP: embed fwd + wgrad (2), 8 block linears × 3, head × 3; fa/dfa add e·[P_0|…|P_4]
+    assert len(bp) == 2 + 8 * 3 + 3
+    assert shapes.step_matmuls("dfa", *args) == bp + [(128, 100, 5 * 256)]
+    assert shapes.flops(bp) == 2 * 128 * (2 * 3072 * 256 + 8 * 3 * 256 * 256 + 3 * 256 * 100)
+    assert not shapes.counted("ep")
+    with pytest.raises(ValueError, match="no matmul count for 'ep'"):
+        shapes.step_matmuls("ep", *args)
 
 
 def test_cpu_flags_are_read_from_cpuinfo_and_filtered_to_the_matmul_ones(monkeypatch, tmp_path):

@@ -7,7 +7,10 @@ not counted. For ``nn.Linear`` (out × in weight W, batch B):
     forward  x·Wᵀ   (B, in, out)     input grad  g·W   (B, out, in)     weight grad  gᵀ·x  (out, B, in)
 
 The embedding never needs its input gradient (x is data), so no method pays it; frozen
-skips the blocks' weight gradients; fa/dfa add their one feedback product e·[P_0|…|P_L].
+skips the blocks' weight gradients; fa/dfa add their one feedback product e·[P_0|…|P_L];
+fa_lillicrap runs backprop's products with each B in its W's place, so it counts as bp.
+ep's count depends on its relaxation (T + 1 backward sweeps and the free forward): it is
+not counted (``counted``), and the benchmark gives its epoch as a multiple of bp's only.
 """
 from __future__ import annotations
 
@@ -27,8 +30,18 @@ def _linear(batch: int, n_in: int, n_out: int, dgrad: bool, wgrad: bool) -> list
     return out
 
 
+COUNTED = ("bp", "fa", "dfa", "frozen", "fa_lillicrap")
+
+
+def counted(method: str) -> bool:
+    """Whether ``step_matmuls`` knows ``method``'s products."""
+    return method in COUNTED
+
+
 def step_matmuls(method: str, batch: int, in_dim: int, n_classes: int, d: int, L: int, hidden: int) -> list[Matmul]:
     """Every matrix product of one training step of ``method`` (see the module docstring)."""
+    if not counted(method):
+        raise ValueError(f"no matmul count for {method!r}: counted are {', '.join(COUNTED)}")
     blocks_train = method != "frozen"
     shapes = _linear(batch, in_dim, d, dgrad=False, wgrad=True)
     for _ in range(L):
