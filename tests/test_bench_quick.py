@@ -63,7 +63,9 @@ def test_quick_bench_writes_every_key_with_positive_finite_values(tmp_path):
     assert one["methods"]["ep"]["gflops"] is None and one["methods"]["ep"]["frac_of_matmul"] is None
     assert one["methods"]["bp"]["ratio_to_bp"] == 1.0
     text = md.read_text()
-    assert f"ep {one['methods']['ep']['epoch_s']:.2f} s, {one['methods']['ep']['ratio_to_bp']:.2f} × bp" in text
+    assert f"| ep | {one['methods']['ep']['epoch_s']:.2f} | — | — | {one['methods']['ep']['ratio_to_bp']:.2f} |" in text
+    bp = one["methods"]["bp"]
+    assert f"| bp | {bp['epoch_s']:.2f} | {bp['gflops']:.0f} | {100 * bp['frac_of_matmul']:.0f}% | 1.00 |" in text
     lillicrap = goals_by_name(r)["fa_lillicrap epoch / bp epoch, 1 thread (bp's products, each B in its W's place)"]
     assert lillicrap["measured"] == one["methods"]["fa_lillicrap"]["ratio_to_bp"]
     assert lillicrap["met"] == (lillicrap["measured"] <= 1.10)

@@ -263,10 +263,14 @@ def _met(met: bool | None) -> str:
     return "—" if met is None else "yes" if met else "**no**"
 
 
-def one_thread_entry(name: str, m: dict[str, Any]) -> str:
-    """``bp 7.08 s, 71% of it, 1.00 × bp``; a method whose products are not counted (ep) has no share."""
-    share = "" if m["frac_of_matmul"] is None else f" {100 * m['frac_of_matmul']:.0f}% of it,"
-    return f"{name} {m['epoch_s']:.2f} s,{share} {m['ratio_to_bp']:.2f} × bp"
+ONE_THREAD_COLUMNS = ("method", "epoch (s)", "GFLOP/s", "of matmul rate", "epoch / bp")
+
+
+def one_thread_rows(one: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The one-thread table's cells; a method whose products are not counted (ep) shows no rate."""
+    return [(name, f"{m['epoch_s']:.2f}", "—" if m["gflops"] is None else f"{m['gflops']:.0f}",
+             "—" if m["frac_of_matmul"] is None else f"{100 * m['frac_of_matmul']:.0f}%", f"{m['ratio_to_bp']:.2f}")
+            for name, m in one["methods"].items()]
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -276,8 +280,10 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [f"Machine: {machine_line(mc)} ({mc['torch_threads']} threads); "
              f"{mc['date']}; load average {mc['loadavg'][0]:.2f} at start, {mc['loadavg_end'][0]:.2f} at end.",
              "",
-             f"One thread (each run of an audit: `threads: 1`): matmul **{one['matmul_gflops']:.0f} GFLOP/s**; "
-             + "; ".join(one_thread_entry(k, v) for k, v in one["methods"].items()) + ".",
+             f"One thread (each run of an audit: `threads: 1`): matmul **{one['matmul_gflops']:.0f} GFLOP/s**.",
+             "",
+             "| " + " | ".join(ONE_THREAD_COLUMNS) + " |", "|---|---:|---:|---:|---:|",
+             *("| " + " | ".join(row) + " |" for row in one_thread_rows(one)),
              "",
              f"All {mc['torch_threads']} threads in one process:",
              "",
@@ -308,8 +314,12 @@ def print_table(r: dict[str, Any]) -> None:
     console = Console()
     console.print(f"[bold]{machine_line(r['machine'])}[/]")
     one = r["one_thread"]
-    console.print(f"one thread: matmul {one['matmul_gflops']:.0f} GFLOP/s; " + "; ".join(
-        one_thread_entry(k, v) for k, v in one["methods"].items()))
+    t1 = Table(title=f"1 thread (an audit's runs) · matmul {one['matmul_gflops']:.0f} GFLOP/s")
+    for col in ONE_THREAD_COLUMNS:
+        t1.add_column(col, justify="right" if col != "method" else "left")
+    for row in one_thread_rows(one):
+        t1.add_row(*row)
+    console.print(t1)
     t = Table(title=f"{r['machine']['torch_threads']} threads in one process · "
                     f"matmul {r['matmul_gflops']:.0f} GFLOP/s")
     for col in ("method", "epoch s", "GFLOP/s", "of matmul", "÷ bp", "diag share"):
