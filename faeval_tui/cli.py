@@ -207,8 +207,9 @@ def resume(audit_dir: Annotated[Path, typer.Argument(help="Audit directory to co
            no_reuse: NoReuseOpt = False, debug: DebugOpt = False,
            nice: Annotated[int, typer.Option("--nice", min=0, max=19, help="Lower this process's CPU priority "
                                              "by N (the console's trainer uses 10).")] = 0) -> None:
-    """Continue every unfinished run of an audit from its last checkpoint (and any rerun a
-    console asked for through the audit directory)."""
+    """Continue every unfinished run of an audit from its last checkpoint.
+
+    Also trains any rerun a console asked for through the audit directory."""
     global _debug
     _debug = _debug or debug
     from engine.audit import Audit
@@ -233,8 +234,9 @@ def stop(audit_dir: Annotated[Path, typer.Argument(help="Audit directory whose t
          wait: Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for the trainer to "
                                              "stop (0: do not wait).")] = 120.0,
          debug: DebugOpt = False) -> None:
-    """Stop the process training an audit (each run at its next batch, keeping its checkpoint),
-    through the audit directory: works for a trainer started by a console, run or resume."""
+    """Stop the process training an audit: each run at its next batch, keeping its checkpoint.
+
+    Works through the audit directory, for a trainer started by a console, run or resume."""
     global _debug
     _debug = _debug or debug
     import time
@@ -366,8 +368,10 @@ def measure(run_dir: Annotated[Path, typer.Argument(help="A run directory of an 
             format_: Annotated[str, typer.Option("--format", "-f", help="markdown (the per-layer table) or json "
                                                  "(every per-layer field)")] = "markdown",
             debug: DebugOpt = False) -> None:
-    """Re-measure a saved checkpoint of a run with its training feedback, data and diagnostic set, and print the
-    per-layer table; writes nothing (with the defaults it reproduces that epoch's record)."""
+    """Re-measure a run's saved checkpoint and print the per-layer table; writes nothing.
+
+    It uses the run's own training feedback, data and diagnostic set: with the defaults it
+    reproduces that epoch's record."""
     global _debug
     _debug = _debug or debug
     from engine.remeasure import remeasure
