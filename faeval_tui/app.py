@@ -57,7 +57,7 @@ class FaevalApp(LiveMixin, App[None]):
     BINDINGS = [
         Binding("i", "inspect", "Inspect", tooltip="layer inspector: every per-layer value of the selected run"),
         Binding("p", "rerun", "Rerun λ", tooltip="penalty reruns of the selected run (λ·Σ‖f_l‖²); "
-                "not in watch, which is read-only"),
+                "in watch, only while a process trains the audit (it picks them up)"),
         Binding("v", "verdicts", "Verdicts", tooltip="the audit's tables, as the markdown export has them"),
         Binding("e", "export", "Export", tooltip="write report.md into the audit directory and copy it"),
         Binding("c", "next_chart", "Chart", tooltip="next chart, when one is shown at a time"),

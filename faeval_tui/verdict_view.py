@@ -61,9 +61,12 @@ class VerdictScreen(Screen):
     def on_resize(self) -> None:
         for grid in self.query(DataTable):
             self._pad(grid)
+            self._whole_columns(grid)
 
-    @staticmethod
-    def _pad(grid: DataTable) -> None:
+    def _room(self) -> int:
+        return self.query_one("#verdicts", VerticalScroll).scrollable_content_region.width
+
+    def _pad(self, grid: DataTable) -> None:
         """Widen the trailing blank column so every column can be scrolled to sit right after
         the fixed ones: without it the last steps stop short, leaving half a column beside them."""
         columns = grid.ordered_columns
@@ -71,11 +74,33 @@ class VerdictScreen(Screen):
             return
         widths = [c.get_render_width(grid) for c in columns[:-1]]
         fixed = sum(widths[:grid.fixed_columns])
-        view = grid.scrollable_content_region.width
+        view = self._room()
         pad = max(0, view - fixed - widths[-1] - 2) if sum(widths) > view else 0
         if columns[-1].width != pad:
             grid.remove_column("_pad")
             grid.add_column("", key="_pad", width=pad, default="")
+
+    def _whole_columns(self, grid: DataTable) -> None:
+        """Make a table that does not fit exactly as wide as its fixed columns and the whole
+        scrolled-to columns beside them: a column cut at the screen's edge would read as
+        another value (0.53 cut to "0", "(d) 6, 3" to "(d) 6")."""
+        widths = [c.get_render_width(grid) for c in grid.ordered_columns if c.key.value != "_pad"]
+        room = self._room()
+        if sum(widths) <= room:
+            grid.styles.width = None
+            return
+        fixed = sum(widths[:grid.fixed_columns])
+        shown, k, offset = fixed, grid.fixed_columns, 0
+        while k < len(widths) and offset + widths[k] <= grid.scroll_x:  # the columns scrolled away
+            offset += widths[k]
+            k += 1
+        gutter = grid.scrollbar_size_vertical if grid.show_vertical_scrollbar else 0
+        first = k
+        while k < len(widths) and shown + widths[k] + gutter <= room:
+            shown += widths[k]
+            k += 1
+        # a column wider than the room beside the row names can only be shown cut
+        grid.styles.width = shown + gutter if k > first else None
 
     def action_sideways(self, direction: int) -> None:
         """Scroll every table sideways by one column; each keeps its row-naming columns in
@@ -93,6 +118,7 @@ class VerdictScreen(Screen):
             else:
                 x = max((s for s in stops if s < x), default=0)
             grid.scroll_to(x=min(x, grid.max_scroll_x), animate=False)
+            self.call_after_refresh(self._whole_columns, grid)
 
     def refresh_data(self) -> None:
         for t in current_tables(self.app.state):  # type: ignore[attr-defined]
@@ -104,5 +130,6 @@ class VerdictScreen(Screen):
             for row in t.rows:
                 grid.add_row(*(cell(c) for c in row), "")
             self.call_after_refresh(self._pad, grid)
+            self.call_after_refresh(self._whole_columns, grid)
             notes = "\n".join(t.notes) if t.rows else "no run has an epoch record yet"
             self.query_one(f"#notes-{t.key}", Static).update(Text(notes))

@@ -392,8 +392,56 @@ async def test_wide_verdict_tables_scroll_sideways_a_column_at_a_time_keeping_th
             w = [c.get_render_width(table) for c in cols]
             stops = {sum(w[:j]) - sum(w[:table.fixed_columns]) for j in range(table.fixed_columns, len(w))}
             assert table.scroll_x in stops | {0}, (table.id, table.scroll_x, sorted(stops))
-        assert grid.scroll_x == max(s for s in [sum(widths[:j]) - sum(widths[:2]) for j in range(2, len(widths))]
+        columns = len(widths) - 1  # the trailing blank column is not a stop
+        assert grid.scroll_x == max(s for s in [sum(widths[:j]) - sum(widths[:2]) for j in range(2, columns)]
                                     if s <= grid.max_scroll_x)
+
+
+def _shown_columns(grid: DataTable) -> list[int]:
+    """Widths of the columns whose cells the table's region shows, and asserts none is cut."""
+    cols = [c.get_render_width(grid) for c in grid.ordered_columns if c.key.value != "_pad"]
+    fixed = cols[:grid.fixed_columns]
+    x, k = 0, grid.fixed_columns
+    while k < len(cols) and x + cols[k] <= grid.scroll_x:
+        x += cols[k]
+        k += 1
+    assert x == grid.scroll_x, "scrolled to a column's left edge"
+    room = grid.scrollable_content_region.width
+    shown = list(fixed)
+    while k < len(cols) and sum(shown) + cols[k] <= room:
+        shown.append(cols[k])
+        k += 1
+    if len(shown) == len(fixed):  # the next column is wider than the room beside the row names: shown cut
+        assert grid.size.width == grid.parent.scrollable_content_region.width, grid.id
+        return shown + [cols[k]]
+    # the table ends where its last whole column ends: no column is cut at the edge
+    assert sum(shown) == room, (grid.id, shown, room)
+    return shown
+
+
+@pytest.mark.asyncio
+async def test_a_wide_verdict_table_never_shows_a_column_cut_at_the_edge(tmp_path: Path) -> None:
+    """A cell cut at the screen's edge reads as another value (ρ 0.53 as "0"): a table that does
+    not fit ends at its last whole column, wherever it is scrolled to."""
+    app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("v")
+        await pilot.pause()
+        grids = [g for g in app.screen.query(DataTable) if g.max_scroll_x > 0]
+        assert {g.id for g in grids} >= {"table-audit", "table-layers"}
+        for _ in range(8):
+            for grid in grids:
+                shown = _shown_columns(grid)
+                assert len(shown) > grid.fixed_columns, grid.id  # at least one column beside the row names
+            await pilot.press("right")
+            await pilot.pause()
+    app = FaevalApp(watch=Audit.open(tmp_path / "a"), bell=False, poll_s=3600)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("v")
+        await pilot.pause()
+        for grid in app.screen.query(DataTable):
+            if grid.max_scroll_x > 0:
+                _shown_columns(grid)
 
 
 @pytest.mark.asyncio
