@@ -413,6 +413,17 @@ def _format_errors(err: ValidationError, source: str) -> ConfigError:
                        "fix the key named above (see `faeval-tui presets` and the README's preset reference)")
 
 
+# keys that say where and how fast an audit trains, not what it trains or how it is judged
+EXECUTION_KEYS = frozenset({"workers", "threads", "executor", "slurm", "reuse", "data_dir", "download"})
+
+
+def settings_differ(a: AuditConfig, b: AuditConfig) -> list[str]:
+    """The top-level keys whose values differ between two audits' configs, ``EXECUTION_KEYS`` aside:
+    an audit offered for resuming must train what was asked for."""
+    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
+    return sorted(k for k in da.keys() | db.keys() if k not in EXECUTION_KEYS and da.get(k) != db.get(k))
+
+
 def validate(data: dict[str, Any], source: str = "preset") -> AuditConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must be a YAML mapping of keys to values, got {type(data).__name__}",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.audit import Audit
-from engine.config import AuditConfig
+from engine.config import AuditConfig, settings_differ
 from engine.errors import FaevalError
 from engine.events import Event
 from engine.plan import RunSpec
@@ -93,9 +93,10 @@ class LiveFeed:
 
 
 def resumable_audits(runs_dir: Path, cfg: AuditConfig) -> list[tuple[Audit, list[str]]]:
-    """Audits under ``runs_dir`` of the same preset name with unfinished runs (stopped,
-    failed, or no end line), newest first: ones a process trains now (to attach to: check
-    ``audit.is_live()``) and ones nobody trains (to resume)."""
+    """Audits under ``runs_dir`` of the same preset name and settings (``settings_differ``:
+    an audit of the preset with other ``--set`` values trains something else) with unfinished
+    runs (stopped, failed, or no end line), newest first: ones a process trains now (to
+    attach to: check ``audit.is_live()``) and ones nobody trains (to resume)."""
     found = []
     try:
         dirs = sorted((p for p in Path(runs_dir).iterdir() if (p / "config.yaml").is_file()), reverse=True)
@@ -107,6 +108,8 @@ def resumable_audits(runs_dir: Path, cfg: AuditConfig) -> list[tuple[Audit, list
         except Exception:  # a damaged or foreign directory is not a resume candidate
             continue
         if audit.cfg.name != cfg.name or audit.tracked:  # a tracked audit trains in its user's loop
+            continue
+        if settings_differ(audit.cfg, cfg):
             continue
         try:
             logs = audit.logs()

@@ -361,6 +361,27 @@ def test_watch_lists_a_finished_audits_alerts_in_the_order_they_fired(tmp_path: 
     assert after[0] == "fa-s42"
 
 
+def test_only_an_audit_of_the_same_settings_is_offered_for_resuming(tmp_path: Path) -> None:
+    """The console offers an unfinished audit of its preset only when resuming it trains what
+    was asked: another --set value (seeds) is another audit; where and how fast it trains
+    (workers, threads, data_dir) is not."""
+    from engine.config import settings_differ
+    from faeval_tui.feeds import resumable_audits
+
+    audit = Audit.open(write_fixture_audit(tmp_path / "a"))  # one run of it stopped at epoch 3 of 5
+    cfg = audit.cfg
+    assert [a.path for a, _ in resumable_audits(tmp_path, cfg)] == [audit.path]
+    faster = cfg.model_copy(update={"workers": 2, "threads": 2, "data_dir": "/elsewhere"})
+    assert settings_differ(cfg, faster) == []
+    assert [a.path for a, _ in resumable_audits(tmp_path, faster)] == [audit.path]
+    other = cfg.model_copy(update={"seeds": [7]})
+    assert settings_differ(cfg, other) == ["seeds"]
+    assert resumable_audits(tmp_path, other) == []
+    judged = cfg.model_copy(update={"epochs": 9, "thresholds": cfg.thresholds.model_copy(update={"growth": 1e3})})
+    assert settings_differ(cfg, judged) == ["epochs", "thresholds"]
+    assert resumable_audits(tmp_path, judged) == []
+
+
 @pytest.mark.asyncio
 async def test_wide_verdict_tables_scroll_sideways_a_column_at_a_time_keeping_their_row_names(tmp_path: Path) -> None:
     app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
