@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich.cells import cell_len
 from textual.app import ComposeResult
 from textual.containers import Container
 from textual.widgets import Static
@@ -145,6 +146,17 @@ def axis_range(values: list[float], fixed: list[float], log: bool, percent: bool
     return lo - pad, hi + pad
 
 
+
+def fit_title(parts: list[str], width: int) -> str:
+    """The chart's name and as many of its notes, in order, as fit ``width`` cells, ending in
+    "…" when some are left out: plotext draws no title at all when it is wider than the plot."""
+    title = parts[0][:width]
+    for part in parts[1:]:
+        if cell_len(f"{title}  {part}") > width:
+            return title + " …" if cell_len(title) + 2 <= width else title
+        title = f"{title}  {part}"
+    return title
+
 class MetricChart(PlotextPlot):
     """One metric for every run; ``show`` stores the data and redraws."""
 
@@ -212,22 +224,24 @@ class MetricChart(PlotextPlot):
         plt.xlim(1, max(2, self.xmax))
         plt.ylim(lo, hi)
         rows = max(2, self.size.height - 4)  # the title, the frame and the x labels take four
-        plt.yticks(*(log_ticks(lo, hi, rows, tuple(pinned)) if log
-                     else linear_ticks(lo, hi, rows, tuple(pinned), self.spec.percent)))
+        ticks, labels = (log_ticks(lo, hi, rows, tuple(pinned)) if log
+                         else linear_ticks(lo, hi, rows, tuple(pinned), self.spec.percent))
+        plt.yticks(ticks, labels)
         step = max(1, math.ceil(self.xmax / 8))
         plt.xticks(list(range(1, self.xmax + 1, step)))
-        title = f"{self.spec.title}{' (log)' if log else ''}"
+        parts = [f"{self.spec.title}{' (log)' if log else ''}"]
         named = [line.label for line in self.lines if line.x is None and (line.points or (
             line.y is not None and unplottable(line.y, log) is None and lo <= self._y(line.y) <= hi))]
         if named:
-            title += "  ── " + " · ".join(named)
+            parts.append("── " + " · ".join(named))
         if odd:
             s, x, why = odd[-1]
             more = f" +{len(odd) - 1}" if len(odd) > 1 else ""
-            title += f"  ! {s.label} e{x} = {why}{more}"
+            parts.append(f"! {s.label} e{x} = {why}{more}")
         if self.note:
-            title += f"  {self.note}"
-        plt.title(title)
+            parts.append(self.note)
+        # the title spans the plot beside the tick labels and the frame
+        plt.title(fit_title(parts, self.size.width - max(map(cell_len, labels), default=0) - 2))
 
 
 def chart_data(spec: ChartSpec, state: AuditState, selected: str | None) -> tuple[list[Series], list[RefLine], str]:

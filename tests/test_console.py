@@ -10,6 +10,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -192,6 +193,29 @@ async def test_unplottable_values_are_marked_not_dropped(tmp_path: Path) -> None
         assert "dfa-s42 e5 = 0" in rendered and "▼" in rendered
         assert f"fa-s42 e3 = {num(math.nan)}" in h_chart.plt.build()  # spelled as every table spells it
         assert "(b) floor 1e-07" in rendered  # the declared threshold, drawn
+
+
+@pytest.mark.asyncio
+async def test_a_chart_title_too_wide_for_the_chart_is_shortened_not_dropped(tmp_path: Path) -> None:
+    """plotext draws no title when it is wider than the plot: the ‖g_L‖ chart at 80 columns
+    with a long note lost its name and its threshold's name."""
+    from faeval_tui.charts import fit_title
+
+    parts = ["‖g_L‖ (log)", "── (b) floor 1e-07", "! dfa-s42 e5 = 0"]
+    assert fit_title(parts, 80) == "‖g_L‖ (log)  ── (b) floor 1e-07  ! dfa-s42 e5 = 0"
+    assert fit_title(parts, 40) == "‖g_L‖ (log)  ── (b) floor 1e-07 …"
+    assert fit_title(parts, 8) == "‖g_L‖ (l"
+    app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("c")
+        app.flush()
+        await pilot.pause()
+        chart = app.query_one("#chart-g_L")
+        chart.note = "a note long enough to push the title past the chart's width: " + "x" * 40
+        chart.refresh()
+        await pilot.pause()
+        first = re.sub(r"\x1b\[[0-9;]*m", "", chart.plt.build().splitlines()[0]).strip()
+        assert first == "‖g_L‖ (log)  ── (b) floor 1e-07  ! dfa-s42 e5 = 0 …"
 
 
 @pytest.mark.slow
