@@ -179,6 +179,29 @@ def alert_epochs(records: Sequence[Epoch], th: Thresholds) -> dict[str, int]:
     return out
 
 
+def pending(records: Sequence[Epoch], th: Thresholds) -> dict[str, int]:
+    """Walk-back diagnostics firing on the last epoch that have not yet fired on the alert
+    rule's number of consecutive epochs (``th.persist``): diagnostic → its streak so far."""
+    if not records:
+        return {}
+    out = {}
+    for k in WALK_BACK:
+        if k in records[-1].fired and (n := streak(records, k)) < getattr(th.persist, k):
+            out[k] = n
+    return out
+
+
+def live_label(records: Sequence[Epoch], th: Thresholds) -> str | None:
+    """While a run trains: ``firing (d) 1/4`` when every walk-back diagnostic of its last
+    epoch is still short of the alert rule (no alert yet), else None (the verdict's label
+    stands). The final verdict reads the last epoch's fired set, whatever the streak."""
+    v = verdict(list(records))
+    waiting = pending(records, th)
+    if not v.walked_back or set(v.fired) - set(waiting):
+        return None
+    return "firing " + " ".join(f"({k}) {n}/{getattr(th.persist, k)}" for k, n in waiting.items())
+
+
 def alert_rule(th: Thresholds) -> str:
     """The alert rule in words, for reports."""
     p = th.persist

@@ -53,6 +53,8 @@ def legend_rows(th: Thresholds) -> list[tuple[str, list[tuple[str, str]]]]:
         ("(alert eN)", "after TRUSTWORTHY: an alert was raised at epoch N, and the run recovered since"),
         ("WALKED BACK (x)", "(x) fires at the latest epoch: the headline accuracy and cosine of this run "
                             "must not be reported as evidence for the method"),
+        ("firing (x) n/k", "while the run can still train: (x) fires at the latest epoch, n epochs in a row, "
+                           "short of the k the alert rule needs; no alert yet. A run that ends so is WALKED BACK"),
         ("UNVERIFIED (d)", "nothing fires, but there is no frozen baseline to measure (d) against yet"),
         ("UNVERIFIED: records end…", "the run reached a later epoch than its readable records: no verdict "
                                      "from an older epoch"),

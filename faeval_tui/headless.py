@@ -20,7 +20,7 @@ from engine.fmt import duration, pct
 from engine.records import Epoch
 from engine.scheduler import AuditRunner
 from engine.slurm import SlurmRunner
-from engine.verdicts import Alert, verdict
+from engine.verdicts import Alert, live_label, verdict
 
 
 def _line(run_id: str, rec: Epoch) -> str:
@@ -69,7 +69,9 @@ def run_headless(audit: Audit, task: TaskData | None = None,
     def listener(event: Event) -> None:
         with lock:
             if isinstance(event, RunStarted):
-                history[event.run_id] = []
+                # a resumed run's streaks began before the resume: its earlier records count
+                history[event.run_id] = [rec for rec in audit.log(event.run_id).epochs
+                                         if rec.epoch <= event.resumed_from] if event.resumed_from else []
                 if progress is not None:
                     tasks[event.run_id] = progress.add_task(event.run_id, total=event.header.epochs,
                                                             completed=event.resumed_from, status="running")
@@ -78,7 +80,8 @@ def run_headless(audit: Audit, task: TaskData | None = None,
                                                            if event.resumed_from else ""), flush=True)
             elif isinstance(event, EpochDone):
                 history[event.run_id].append(event.record)
-                label = verdict(history[event.run_id]).label
+                # a fire short of the alert rule reads "firing (d) 1/4" while the run trains
+                label = live_label(history[event.run_id], audit.cfg.thresholds) or verdict(history[event.run_id]).label
                 if progress is not None:
                     progress.update(tasks[event.run_id], completed=event.record.epoch, status=label)
                     for alert in event.alerts:

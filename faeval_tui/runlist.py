@@ -4,8 +4,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable, RichLog
 
+from engine.config import Thresholds
 from engine.fmt import num, pct
-from engine.verdicts import DIAGNOSTICS, Alert
+from engine.verdicts import DIAGNOSTICS, Alert, live_label
 
 from .state import AuditState, RunView
 
@@ -15,10 +16,18 @@ STATUS_STYLE = {"running": "bold", "finished": "", "queued": "dim", "not started
                 "failed": "red", "diverged": "red"}
 
 
-def badge(view: RunView) -> Text:
-    """The live verdict badge: the engine's label for the records so far."""
+# statuses of a run whose records may still grow: its badge follows the alert rule
+OPEN = ("running", "stopped", "queued", "not started")
+
+
+def badge(view: RunView, th: Thresholds, status: str = "finished") -> Text:
+    """The live verdict badge: the engine's label for the records so far. While the run can
+    still train, a walk-back diagnostic that has not yet fired on the alert rule's number of
+    consecutive epochs reads ``firing (d) 1/4`` (no alert has been raised), not WALKED BACK."""
     v = view.verdict
     label = v.label
+    if v.walked_back and status in OPEN and (waiting := live_label(view.log.epochs, th)):
+        return Text(waiting, style="yellow")
     if v.walked_back:
         # "WALKED BACK (a)(b)(d)": the engine's label without "via" and "+", so the table fits 80 columns
         return Text("WALKED BACK " + "".join(f"({k})" for k in v.fired), style="bold red")
@@ -47,7 +56,7 @@ def row(state: AuditState, view: RunView) -> list[Text | str]:
     method = f"{view.spec.model}.{view.spec.method}" if view.spec.model else view.spec.method
     return [Text(view.marker, style=f"bold color({view.color})"), indent + method, str(view.spec.seed),
             f"{view.spec.penalty:g}" if view.spec.penalty else "—", Text(status, style=STATUS_STYLE.get(status, "")),
-            epoch_cell(view, state.cfg.epochs), badge(view)]
+            epoch_cell(view, state.cfg.epochs), badge(view, state.cfg.thresholds, status)]
 
 
 class RunTable(DataTable):

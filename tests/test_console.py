@@ -196,6 +196,26 @@ async def test_unplottable_values_are_marked_not_dropped(tmp_path: Path) -> None
 
 
 @pytest.mark.asyncio
+async def test_the_badge_of_a_run_still_training_follows_the_alert_rule(tmp_path: Path) -> None:
+    """A fire short of the alert rule (no alert raised yet) reads "firing (a) n/k" in the
+    run list while the run can still train; a finished run shows the protocol's verdict."""
+    from engine.config import Thresholds
+    from faeval_tui.runlist import badge
+
+    app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        view = app.state.runs["dfa-s42"]  # (a) and (b) fire on its last epoch
+        th = app.state.cfg.thresholds
+        assert badge(view, th, "finished").plain == "WALKED BACK (a)(b)"
+        assert badge(view, th, "running").plain == "WALKED BACK (a)(b)"  # (a) and (b) alert at once
+        slow = Thresholds(persist={"a": 10, "b": 10, "d": 4})
+        shown = badge(view, slow, "running")
+        assert shown.plain.startswith("firing (a) ") and "/10 (b) " in shown.plain and shown.style == "yellow"
+        assert badge(view, slow, "finished").plain == "WALKED BACK (a)(b)"
+
+
+@pytest.mark.asyncio
 async def test_a_chart_title_too_wide_for_the_chart_is_shortened_not_dropped(tmp_path: Path) -> None:
     """plotext draws no title when it is wider than the plot: the ‖g_L‖ chart at 80 columns
     with a long note lost its name and its threshold's name."""

@@ -15,7 +15,7 @@ from engine.errors import ConfigError
 from engine.methods.bp import Backprop
 from engine.plan import RunSpec, make_header
 from engine.records import Epoch
-from engine.verdicts import alert_epochs, evaluate, new_alerts, streak, verdict
+from engine.verdicts import alert_epochs, evaluate, live_label, new_alerts, pending, streak, verdict
 from tests.conftest import tiny, train
 
 # ---------------------------------------------------------------- ρ and null-band cadence
@@ -137,6 +137,30 @@ def test_d_alerts_once_it_has_fired_on_four_consecutive_epochs(pattern, alert_at
     if alert_at:
         (alert,) = new_alerts("x", records[:alert_at - 1], records[alert_at - 1], th)
         assert f"fired on every epoch since {alert_at - 3}" in alert.headline
+
+
+@pytest.mark.parametrize("pattern, label", [
+    ("..d", "firing (d) 1/4"),    # bp on the digits default at epoch 3: no alert, so no WALKED BACK yet
+    ("..ddd", "firing (d) 3/4"),
+    ("..dddd", None),             # the fourth epoch in a row alerts: the badge says WALKED BACK
+    ("dddd.d", "firing (d) 1/4"),  # a new streak after an alerted one: short of the rule again
+    ("..dd.", None),              # nothing fires on the last epoch: the verdict's TRUSTWORTHY stands
+])
+def test_a_training_run_reads_firing_until_the_alert_rule_is_met(pattern, label):
+    th = Thresholds()
+    records = _run(pattern, th)
+    assert live_label(records, th) == label
+    assert pending(records, th) == ({"d": int(label.split()[-1][0])} if label else {})
+    # the final verdict is the protocol's: the last epoch's fired set, whatever the streak
+    assert verdict(records).walked_back == pattern.endswith("d")
+
+
+def test_firing_names_every_pending_diagnostic_and_yields_to_an_alerted_one():
+    th = Thresholds()
+    both = [r.model_copy(update={"fired": ["a", "d"]}) for r in _run("dd", th)]
+    assert live_label(both, th) is None  # (a) alerts on its first epoch: WALKED BACK stands
+    slow = Thresholds(persist={"a": 3, "b": 1, "d": 4})
+    assert live_label(both, slow) == "firing (a) 2/3 (d) 2/4"
 
 
 def test_a_gap_in_the_epochs_breaks_a_streak():
