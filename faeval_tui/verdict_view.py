@@ -131,5 +131,10 @@ class VerdictScreen(Screen):
                 grid.add_row(*(cell(c) for c in row), "")
             self.call_after_refresh(self._pad, grid)
             self.call_after_refresh(self._whole_columns, grid)
-            notes = "\n".join(t.notes) if t.rows else "no run has an epoch record yet"
+            if t.rows:
+                notes = "\n".join(t.notes)
+            elif t.key == "penalty":  # the engine's own word for it, and how to start some
+                notes = " ".join(t.notes) + " Select a run on the main screen and press p to queue some."
+            else:
+                notes = "no run has an epoch record yet"
             self.query_one(f"#notes-{t.key}", Static).update(Text(notes))

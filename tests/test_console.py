@@ -196,6 +196,21 @@ async def test_unplottable_values_are_marked_not_dropped(tmp_path: Path) -> None
 
 
 @pytest.mark.asyncio
+async def test_an_empty_penalty_sweep_says_there_are_no_reruns_and_how_to_queue_some(tmp_path: Path) -> None:
+    import shutil
+
+    path = write_fixture_audit(tmp_path / "a")
+    shutil.rmtree(path / "dfa-lam0.01-s42")  # the fixture's one penalty rerun
+    app = FaevalApp(watch=Audit.open(path), bell=False, poll_s=3600)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("v")
+        await pilot.pause()
+        notes = str(app.screen.query_one("#notes-penalty", Static).render())
+        assert notes == "no penalty reruns in this audit. Select a run on the main screen and press p to queue some."
+        assert str(app.screen.query_one("#notes-audit", Static).render()).startswith("mean ± std over seeds")
+
+
+@pytest.mark.asyncio
 async def test_the_badge_of_a_run_still_training_follows_the_alert_rule(tmp_path: Path) -> None:
     """A fire short of the alert rule (no alert raised yet) reads "firing (a) n/k" in the
     run list while the run can still train; a finished run shows the protocol's verdict."""
