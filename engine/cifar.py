@@ -147,8 +147,25 @@ def find_cifar(spec: CifarSpec, data_dir: Path) -> Path | None:
 
 
 def download_cifar(spec: CifarSpec, data_dir: Path, timeout: float = 60) -> Path:
-    """Fetch, verify and unpack the archive; the temp file is removed on any failure."""
+    """Fetch, verify and unpack the archive; the temp file is removed on any failure, and so
+    are the folders this call created for it (a failed download leaves nothing behind)."""
     data_dir = Path(data_dir)
+    created = [p for p in (data_dir, *data_dir.parents) if not p.exists()]  # deepest first
+    try:
+        return _download(spec, data_dir, timeout)
+    except BaseException as e:
+        for folder in created:
+            try:
+                folder.rmdir()  # only while empty: nothing another process put there is lost
+            except OSError:
+                break
+        if created and isinstance(e, DataError):
+            raise DataError(f"{e.problem} ({data_dir} did not exist; it was created for the download and "
+                            "removed again)", e.hint) from e
+        raise
+
+
+def _download(spec: CifarSpec, data_dir: Path, timeout: float) -> Path:
     archive = data_dir / spec.filename
     try:
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -111,7 +111,7 @@ def test_checksum_mismatch_leaves_nothing(tmp_path):
             load_cifar("cifar10", data_dir, spec=spec_for("cifar10", f"{base}/{archive.name}", wrong))
     assert wrong in str(err.value) and md5 in str(err.value)
     assert str(data_dir / archive.name) in err.value.hint
-    assert list(data_dir.iterdir()) == []
+    assert not data_dir.exists()  # made for the download, removed with it
 
 
 @pytest.mark.parametrize("reachable", [False, True], ids=["refused", "404"])
@@ -132,7 +132,22 @@ def test_network_failure_says_where_to_put_the_file(tmp_path, reachable):
     assert url in err.value.problem and "failed" in err.value.problem
     assert filename in err.value.hint and str(data_dir) in err.value.hint
     assert "FAEVAL_DATA_DIR" in err.value.hint and "torchvision" in err.value.hint
-    assert list(data_dir.iterdir()) == []
+    # the folder was made for the download: the failure leaves nothing behind, and says so
+    assert not data_dir.exists() and f"{data_dir} did not exist" in err.value.problem
+
+
+def test_a_failed_download_into_an_existing_folder_keeps_the_folder_and_what_it_holds(tmp_path):
+    data_dir = tmp_path / "mine"
+    data_dir.mkdir()
+    (data_dir / "notes.txt").write_text("kept")
+    nested = tmp_path / "new" / "deeper"
+    spec = spec_for("cifar10", f"http://127.0.0.1:{free_port()}/x.tar.gz", "0" * 32)
+    with pytest.raises(DataError) as err:
+        download_cifar(spec, data_dir, timeout=WAIT_S)
+    assert [p.name for p in data_dir.iterdir()] == ["notes.txt"] and "did not exist" not in err.value.problem
+    with pytest.raises(DataError):
+        download_cifar(spec, nested, timeout=WAIT_S)
+    assert not (tmp_path / "new").exists()  # every folder it created, removed again
 
 
 def test_torchvision_root_and_inner_folder_accepted_without_download(tmp_path):
