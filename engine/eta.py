@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
+from .fmt import duration
 from .records import Epoch
 from .runstore import RunLog
 
@@ -50,3 +51,27 @@ def remaining_seconds(runs: Sequence[tuple[str, RunLog, str]], workers: int, epo
         left = max(0, (log.total_epochs or epochs) - len(log.epochs))
         heapq.heappush(slots, heapq.heappop(slots) + left * costs.get(method, fallback))
     return max(slots)
+
+
+def untimed(runs: Sequence[tuple[str, RunLog, str]]) -> list[str]:
+    """Methods of runs still to train (running or queued) with no measured epoch in the audit
+    yet: their cost in ``remaining_seconds`` is the audit's mean, a guess (frozen's epochs,
+    which train no blocks, are the cheapest)."""
+    timed = method_costs([(method, log) for method, log, _ in runs])
+    out: list[str] = []
+    for method, _, status in runs:
+        if status in ("running", "queued") and method not in timed and method not in out:
+            out.append(method)
+    return out
+
+
+def time_left(runs: Sequence[tuple[str, RunLog, str]], workers: int, epochs: int) -> str | None:
+    """``about 3 min left``, or ``about 1 min left, more once bp, fa are timed`` while some
+    method still to train has no measured epoch; None before any epoch is measured or when
+    nothing is left."""
+    left = remaining_seconds(runs, workers, epochs)
+    if not left:
+        return None
+    guessed = untimed(runs)
+    more = f", more once {', '.join(guessed)} {'is' if len(guessed) == 1 else 'are'} timed" if guessed else ""
+    return f"about {duration(left)} left{more}"

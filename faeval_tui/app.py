@@ -20,8 +20,7 @@ from engine.audit import Audit
 from engine.config import AuditConfig
 from engine.control import request_run, request_stop
 from engine.errors import FaevalError
-from engine.eta import remaining_seconds
-from engine.fmt import duration
+from engine.eta import time_left
 from engine.hooks import AlertHook
 from engine.markdown import render_markdown
 from engine.plan import RunSpec, run_id
@@ -177,9 +176,9 @@ class FaevalApp(LiveMixin, App[None]):
             text = ("watch · " if self.mode == "watch" else "") + st.outcome()
         if st.live:
             runs = [(v.spec.method, v.log, v.status(True)) for v in st.ordered()]
-            left = remaining_seconds(runs, st.cfg.workers, st.cfg.epochs)
+            left = time_left(runs, st.cfg.workers, st.cfg.epochs)
             if left:
-                text += f" · about {duration(left)} left"  # before the name: 80 columns cut the end
+                text += f" · {left}"  # before the name: 80 columns cut the end
         if self.audit is not None and self.audit.tracked:  # the config's model keys are not the user's network
             return f"{text} · {st.path.name} · your own loop (tracked)"
         nets = st.cfg.variants()

@@ -14,9 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from engine.audit import Audit
 from engine.control import Inbox
 from engine.data import TaskData
-from engine.eta import remaining_seconds
+from engine.eta import time_left
 from engine.events import BatchProgress, EpochDone, Event, RunEnded, RunStarted
-from engine.fmt import duration, pct
+from engine.fmt import pct
 from engine.records import Epoch
 from engine.scheduler import AuditRunner
 from engine.slurm import SlurmRunner
@@ -34,10 +34,10 @@ def _time_left(audit: Audit) -> str:
     holds the audit's lock, so a run without an end line is running or queued)."""
     runs = [(spec.method, audit.log(spec.run_id)) for spec in audit.planned()]
     ended = sum(log.end is not None for _, log in runs)
-    left = remaining_seconds([(m, log, log.status(True)) for m, log in runs], audit.cfg.workers, audit.cfg.epochs)
+    left = time_left([(m, log, log.status(True)) for m, log in runs], audit.cfg.workers, audit.cfg.epochs)
     if not left:
         return ""
-    return f"{ended} of {len(runs)} runs ended · about {duration(left)} left"
+    return f"{ended} of {len(runs)} runs ended · {left}"
 
 
 def _follow_controls(inbox: Inbox, runner: AuditRunner, done: threading.Event, every_s: float = 0.5) -> None:

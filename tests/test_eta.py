@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.eta import epoch_cost, method_costs, remaining_seconds
+from engine.eta import epoch_cost, method_costs, remaining_seconds, time_left, untimed
 from engine.fmt import duration
 from engine.records import End, Epoch, Header, Start
 from engine.runstore import RunLog
@@ -65,3 +65,20 @@ def test_nothing_measured_is_no_estimate_and_nothing_pending_is_zero():
                                            (3599, "1 h 00 min"), (3900, "1 h 05 min")])
 def test_durations_read_as_people_say_them(seconds, text):
     assert duration(seconds) == text
+
+
+def test_the_text_says_when_a_method_still_to_train_is_not_timed_yet():
+    """The digits default trains frozen first: bp, fa and dfa queued behind it cost far more
+    than frozen's epochs, the only ones measured, and the estimate says it is low."""
+    frozen = log("frozen", [(0.5, {})] * 4)
+    runs = [("frozen", frozen, "running"), ("bp", log("bp", [], total=None), "queued"),
+            ("fa", log("fa", [], total=None), "queued"), ("frozen", log("frozen", [], total=None), "queued")]
+    assert untimed(runs) == ["bp", "fa"]
+    left = remaining_seconds(runs, workers=1, epochs=10)
+    assert left == pytest.approx(6 * 0.5 + 3 * 10 * 0.5)
+    assert time_left(runs, workers=1, epochs=10) == f"about {duration(left)} left, more once bp, fa are timed"
+    runs[1] = ("bp", log("bp", [(2.0, {})]), "running")
+    assert time_left(runs, workers=1, epochs=10).endswith(", more once fa is timed")
+    runs[2] = ("fa", log("fa", [(2.0, {})], end="finished"), "finished")  # timed, and ended
+    assert untimed(runs) == [] and time_left(runs, 1, 10) == f"about {duration(remaining_seconds(runs, 1, 10))} left"
+    assert time_left([("bp", log("bp", []), "running")], workers=2, epochs=10) is None
