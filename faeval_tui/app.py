@@ -373,10 +373,11 @@ class FaevalApp(LiveMixin, App[None]):
 
 def resume_hint(state: AuditState, path: Path) -> str | None:
     """What to run to finish the audit, when runs are left unfinished (None when none are)."""
-    left = [v.run_id for v in state.runs.values() if v.status(False) not in ENDED]
-    if not left:
-        return None
-    return f"{len(left)} run(s) unfinished; continue with: faeval-tui resume {path}"
+    return unfinished_line(sum(v.status(False) not in ENDED for v in state.runs.values()), path)
+
+
+def unfinished_line(n: int, path: Path) -> str | None:
+    return f"{n} run(s) unfinished; continue with: faeval-tui resume {path}" if n else None
 
 
 def launch(cfg: AuditConfig, runs_dir: Path | str, bell: bool = True, on_alert: list[str] | None = None,
@@ -404,6 +405,12 @@ def launch(cfg: AuditConfig, runs_dir: Path | str, bell: bool = True, on_alert: 
 def watch(audit_dir: Path | str, bell: bool = True) -> int:
     """Open the console read-only on an audit another process trains (or trained); returns
     the app's exit code (non-zero when it crashed: the command must not report success)."""
-    app = FaevalApp(watch=Audit.open(audit_dir), bell=bell)
+    audit = Audit.open(audit_dir)
+    app = FaevalApp(watch=audit, bell=bell)
     app.run()
+    if app.return_code in (None, 0):  # as the console says on quitting: where training stands
+        if audit.is_live():
+            print(f"{audit.path} is still training in another process; stop it: faeval-tui stop {audit.path}")
+        elif hint := unfinished_line(sum(audit.log(s.run_id).unfinished for s in audit.planned()), audit.path):
+            print(hint)  # read from the files: the watched state may not have polled them all
     return app.return_code or 0

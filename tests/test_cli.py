@@ -122,3 +122,15 @@ def test_watch_exits_non_zero_when_the_console_crashed(tmp_path, monkeypatch) ->
     monkeypatch.setattr(FaevalApp, "run", run)
     res = cli.invoke(app, ["watch", str(write_fixture_audit(tmp_path / "a"))])
     assert res.exit_code == 1
+
+
+def test_quitting_watch_says_where_the_audit_stands(tmp_path, monkeypatch) -> None:
+    """As the console does on quitting: an unfinished audit nobody trains gets the resume command."""
+    from faeval_tui.app import FaevalApp
+    from tests.test_console_fixtures import write_fixture_audit
+
+    monkeypatch.setattr(FaevalApp, "run", lambda self: None)  # opened, then quit at once
+    path = write_fixture_audit(tmp_path / "a")  # its penalty rerun stopped at epoch 3 of 5
+    res = cli.invoke(app, ["watch", str(path)])
+    assert res.exit_code == 0
+    assert res.output.strip() == f"1 run(s) unfinished; continue with: faeval-tui resume {path}"
