@@ -327,10 +327,26 @@ def export(audit_dir: Annotated[Path, typer.Argument(help="Audit directory.")],
         if out is None:
             sys.stdout.write(text)
         else:
+            _check_export_target(out, audit.path)
             atomic_write_bytes(out, text.encode())
             typer.echo(str(out), err=True)
     except FaevalError as err:
         fail(err)
+
+
+def _check_export_target(out: Path, audit_dir: Path) -> None:
+    """A report may go anywhere but over the audit's own files: inside the audit directory only
+    a report.* or a new file at its top level (records, config, checkpoints are the audit)."""
+    if out.is_dir():
+        raise FaevalError(f"--out {out} is a directory", f"give a file, e.g. --out {out / 'report.md'}")
+    target, root = out.resolve(), audit_dir.resolve()
+    if root not in target.parents:
+        return
+    if target.parent == root and (target.name.startswith("report.") or not target.exists()):
+        return
+    raise FaevalError(f"--out {out} is inside the audit and would overwrite or add to its own files "
+                      f"({target.relative_to(root)})",
+                      f"write the report elsewhere, or beside them as {audit_dir / 'report.md'}")
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -134,3 +135,17 @@ def test_quitting_watch_says_where_the_audit_stands(tmp_path, monkeypatch) -> No
     res = cli.invoke(app, ["watch", str(path)])
     assert res.exit_code == 0
     assert res.output.strip() == f"1 run(s) unfinished; continue with: faeval-tui resume {path}"
+
+
+@pytest.mark.parametrize("target", ["fa-s42/records.jsonl", "config.yaml", "fa-s42/notes.md", "."])
+def test_export_never_writes_over_the_audits_own_files(tmp_path, target) -> None:
+    from tests.test_console_fixtures import write_fixture_audit
+
+    path = write_fixture_audit(tmp_path / "a")
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    res = cli.invoke(app, ["export", str(path), "--out", str(path / target)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert ("is a directory" if target == "." else "is inside the audit") in res.output
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before  # nothing touched
+    ok = cli.invoke(app, ["export", str(path), "--out", str(path / "report.md")])  # beside them: fine
+    assert ok.exit_code == 0 and (path / "report.md").read_text().startswith("#")
