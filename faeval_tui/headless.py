@@ -49,7 +49,7 @@ def _follow_controls(inbox: Inbox, runner: AuditRunner, done: threading.Event, e
             runner.stop()
             return
         for spec in inbox.take_runs(runner.submit):
-            print(f"{spec.run_id:<22} queued (requested through the audit directory)", flush=True)
+            print(f"{spec.run_id:<22} queued (requested through the audit directory)", file=sys.stderr, flush=True)
 
 
 def run_headless(audit: Audit, task: TaskData | None = None,
@@ -77,7 +77,8 @@ def run_headless(audit: Audit, task: TaskData | None = None,
                                                             completed=event.resumed_from, status="running")
                 else:
                     print(f"{event.run_id:<22} started" + (f" (resumed after epoch {event.resumed_from})"
-                                                           if event.resumed_from else ""), flush=True)
+                                                           if event.resumed_from else ""),
+                          file=sys.stderr, flush=True)
             elif isinstance(event, EpochDone):
                 history[event.run_id].append(event.record)
                 # a fire short of the alert rule reads "firing (d) 1/4" while the run trains
@@ -87,9 +88,9 @@ def run_headless(audit: Audit, task: TaskData | None = None,
                     for alert in event.alerts:
                         progress.console.print(f"[bold red]WALK BACK[/] {alert.text}")
                 else:
-                    print(_line(event.run_id, event.record), flush=True)
+                    print(_line(event.run_id, event.record), file=sys.stderr, flush=True)
                     for alert in event.alerts:
-                        print(f"WALK BACK {alert.text}", flush=True)
+                        print(f"WALK BACK {alert.text}", file=sys.stderr, flush=True)
                 if on_alert is not None:
                     for alert in event.alerts:
                         try:
@@ -106,9 +107,9 @@ def run_headless(audit: Audit, task: TaskData | None = None,
                     if left:
                         progress.console.print(left)
                 else:
-                    print(msg, flush=True)
+                    print(msg, file=sys.stderr, flush=True)
                     if left:
-                        print(left, flush=True)
+                        print(left, file=sys.stderr, flush=True)
             elif isinstance(event, BatchProgress) and progress is not None:
                 progress.update(tasks[event.run_id], completed=event.epoch - 1 + event.batch / event.batches)
 

@@ -149,3 +149,15 @@ def test_export_never_writes_over_the_audits_own_files(tmp_path, target) -> None
     assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before  # nothing touched
     ok = cli.invoke(app, ["export", str(path), "--out", str(path / "report.md")])  # beside them: fine
     assert ok.exit_code == 0 and (path / "report.md").read_text().startswith("#")
+
+
+def test_run_prints_the_audit_directory_alone_on_stdout(tmp_path) -> None:
+    """`A=$(faeval-tui run …)` gets the directory: the progress lines go to stderr."""
+    from tests.conftest import tiny
+
+    sets = [a for s in tiny("methods=[bp]", "epochs=1") for a in ("--set", s)]
+    res = cli.invoke(app, ["run", "--runs-dir", str(tmp_path / "runs"), *sets])
+    assert res.exit_code == 0, res.output
+    (audit,) = (tmp_path / "runs").iterdir()
+    assert res.stdout == f"{audit}\n"
+    assert "bp-s42" in res.stderr and "epoch   1" in res.stderr
