@@ -233,6 +233,10 @@ class RunLog:
                 except ValueError:
                     pass  # a damaged header config: the stored fired sets stand
         elif isinstance(rec, Epoch):
+            if self.end is not None:  # training appends epochs only after a start line
+                self.problems.append(f"an epoch {rec.epoch} line after the run's end line was skipped: no start "
+                                     "line came between (a hand-edited or foreign line)")
+                return
             if self.header is not None and rec.epoch > self.header.epochs:
                 self.problems.append(f"an epoch {rec.epoch} line was skipped: the run trains "
                                      f"{self.header.epochs} epochs (a hand-edited or foreign line)")
@@ -243,6 +247,13 @@ class RunLog:
             self.epochs = [e for e in self.epochs if e.epoch < rec.epoch] + [rec]
             self.started = True
         elif isinstance(rec, End):
+            if (rec.status == "finished" and not rec.message and self.header is not None
+                    and rec.epoch < self.header.epochs):
+                # the trainer ends a run "finished" only at its last epoch (a tracked loop that
+                # ends early says so in the message): read as stopped, which resume continues
+                self.problems.append(f"the end line says finished at epoch {rec.epoch} of {self.header.epochs}: "
+                                     "read as stopped (a hand-edited line?); resume continues the run")
+                rec = rec.model_copy(update={"status": "stopped"})
             self.end = rec
         elif isinstance(rec, Start):
             self.end = None

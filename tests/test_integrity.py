@@ -156,8 +156,38 @@ def test_an_epoch_line_out_of_order_is_reported_not_silently_shortening_the_run(
     epochs = lines[2:7]
     lines = lines + [epochs[1]] if edit == "duplicate" else lines[:2] + epochs[:3] + [epochs[4], epochs[3]] + lines[7:]
     write_lines(fixture_audit, "bp-s42", lines)
+    kept = [e.epoch for e in fixture_audit.log("bp-s42").epochs]
     log = fixture_audit.log("bp-s42")
-    assert any("superseded" in p for p in log.problems), log.problems
+    # appended past the end line, the copy is skipped as such; swapped, the earlier is superseded
+    said = "after the run's end line was skipped" if edit == "duplicate" else "superseded"
+    assert any(said in p for p in log.problems), log.problems
+    if edit == "duplicate":
+        assert [e.epoch for e in log.epochs] == kept and log.end.status == "finished"
+
+
+def test_a_run_edited_to_read_finished_before_its_last_epoch_is_read_as_stopped_and_resumable(fixture_audit):
+    lines = lines_of(fixture_audit, "bp-s42")  # header, start, epochs 1-5, end: finished
+    end = json.loads(lines[-1])
+    assert end["status"] == "finished" and end["epoch"] == 5
+    end["epoch"] = 3  # as if it had been stopped at epoch 3 and its end line then edited
+    write_lines(fixture_audit, "bp-s42", lines[:5] + [json.dumps(end)])
+    log = fixture_audit.log("bp-s42")
+    assert log.end.status == "stopped" and log.unfinished
+    assert any("says finished at epoch 3 of 5: read as stopped" in p for p in log.problems)
+    run = next(r for r in export_json(fixture_audit)["runs"] if r["run_id"] == "bp-s42")
+    assert run["status"] == "stopped" and any("read as stopped" in p for p in run["problems"])
+
+
+def test_a_forged_epoch_after_the_end_line_does_not_change_the_verdict(fixture_audit):
+    before = {r["run_id"]: r["verdict"] for r in export_json(fixture_audit)["runs"]}
+    lines = lines_of(fixture_audit, "fa-s42")  # diverged at epoch 3, WALKED BACK
+    forged = json.loads(lines[-2])
+    forged.update(epoch=4, test_acc=0.99, fired=[], growth=1.0)
+    write_lines(fixture_audit, "fa-s42", lines + [json.dumps(forged)])
+    doc = export_json(fixture_audit)
+    assert {r["run_id"]: r["verdict"] for r in doc["runs"]} == before
+    fa = next(r for r in doc["runs"] if r["run_id"] == "fa-s42")
+    assert any("epoch 4 line after the run's end line was skipped" in p for p in fa["problems"])
 
 
 def test_a_config_schema_that_is_not_a_number_is_refused(fixture_audit):
