@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import AuditConfig, validate
 from .errors import StoreError
+from .fmt import pct
 from .plan import RunSpec, baseline_run, identity_mismatch, make_header, parse_run_id, plan_runs
 from .records import Header
 from .runstore import (
@@ -44,6 +45,18 @@ def fill_baselines(logs: dict[str, RunLog], cfg: AuditConfig, streaming: bool = 
         if base is None:
             continue
         acc = {e.epoch: e.test_acc for e in logs[base].epochs} if base in logs else {}
+        # training stored the baseline it compared with: a frozen record that says otherwise now
+        # was edited (or this one was) after the fact, and (d) may read differently: say so
+        differ = [e for e in log.epochs if e.baseline_acc is not None and acc.get(e.epoch) is not None
+                  and e.baseline_acc != acc[e.epoch]]
+        if differ:
+            e = differ[0]
+            more = f" (and at {len(differ) - 1} more epoch(s))" if len(differ) > 1 else ""
+            note = (f"epoch {e.epoch}: trained against a frozen baseline of {pct(e.baseline_acc)}%, but {base}'s "
+                    f"records now say {pct(acc[e.epoch])}%{more}: one of the two files was edited after training; "
+                    f"(d) is read against {base}'s records")
+            if note not in log.problems:
+                log.problems.append(note)
         log.epochs = [e if e.baseline_acc == acc.get(e.epoch) or (streaming and e.epoch not in acc) else
                       evaluate(e.model_copy(update={"baseline_acc": acc.get(e.epoch)}), cfg.thresholds,
                                needs_baseline(log.method))

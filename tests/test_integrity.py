@@ -280,3 +280,23 @@ def test_a_finished_run_whose_last_epoch_line_is_unreadable_is_unverified_not_re
     res = cli.invoke(app, ["resume", str(fixture_audit.path)])
     assert res.exit_code == 2 and "Traceback" not in res.output and "bp-s42" in res.output
     assert (fixture_audit.path / "bp-s42" / RECORDS).read_bytes() == before
+
+
+def test_a_frozen_accuracy_edited_after_training_is_reported_where_it_changes_a_verdict(fixture_audit):
+    """(d) is read against the frozen run's records; the method's own lines hold the baseline
+    it was trained against. When they disagree, one file was edited: the report says so."""
+    lines = lines_of(fixture_audit, "frozen-s42")
+    edited = []
+    for line in lines:
+        rec = json.loads(line)
+        if rec["type"] == "epoch":
+            rec["test_acc"] = 0.10  # far below every method
+        edited.append(json.dumps(rec))
+    write_lines(fixture_audit, "frozen-s42", edited)
+    doc = export_json(fixture_audit)
+    fa = next(r for r in doc["runs"] if r["run_id"] == "fa-s42")
+    note = next(p for p in fa["problems"] if "edited after training" in p)
+    assert note.startswith("epoch 1: trained against a frozen baseline of ") and "frozen-s42's records now say 10.00%" in note
+    res = cli.invoke(app, ["export", str(fixture_audit.path)])
+    assert res.exit_code == 0 and "edited after training" in res.stderr
+
