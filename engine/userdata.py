@@ -84,7 +84,9 @@ def _check_file(path: Path) -> None:
     """Missing, a directory, or not a zip archive (an npz is one)."""
     if not path.exists():
         raise DataError(f"data_path {path} does not exist",
-                        "give the .npz file with x_train, y_train, x_test and y_test: --set data_path=FILE")
+                        "give the .npz file with x_train, y_train, x_test and y_test: --set data_path=FILE "
+                        "for a new audit; for one that trained on it (resume, measure), put the same file back "
+                        "at that path")
     if not path.is_file():
         raise DataError(f"data_path {path} is not a file", "give the .npz file itself, not its folder")
     try:
