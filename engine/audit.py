@@ -55,8 +55,9 @@ def fill_baselines(logs: dict[str, RunLog], cfg: AuditConfig, streaming: bool = 
             note = (f"epoch {e.epoch}: trained against a frozen baseline of {pct(e.baseline_acc)}%, but {base}'s "
                     f"records now say {pct(acc[e.epoch])}%{more}: one of the two files was edited after training; "
                     f"(d) is read against {base}'s records")
-            if note not in log.problems:
-                log.problems.append(note)
+            # a log read line by line (the console) comes here again: one note, the latest count
+            log.problems[:] = [p for p in log.problems if "edited after training; (d) is read against" not in p]
+            log.problems.append(note)
         log.epochs = [e if e.baseline_acc == acc.get(e.epoch) or (streaming and e.epoch not in acc) else
                       evaluate(e.model_copy(update={"baseline_acc": acc.get(e.epoch)}), cfg.thresholds,
                                needs_baseline(log.method))
