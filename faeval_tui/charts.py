@@ -265,7 +265,7 @@ def chart_data(spec: ChartSpec, state: AuditState, selected: str | None) -> tupl
         lines.append(RefLine(f"(b) floor {limit:.0e}", y=limit))
         n = state.diagnostic_n
         if n != state.cfg.diagnostics.n_samples:  # ‖g_L‖ scales as 1/n: the floor assumes n_samples
-            note = f"diagnostic set n = {n} (whole test split), floor set for {state.cfg.diagnostics.n_samples}"
+            note = f"diagnostic n = {n}, floor set for {state.cfg.diagnostics.n_samples}"  # short: it must fit
     elif spec.key == "stability":
         limit = DIAGNOSTICS["c"].threshold(th)
         lines.append(RefLine(f"(c) drift > {limit:.2f}", y=limit))

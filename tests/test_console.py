@@ -569,7 +569,7 @@ def test_the_reference_chart_says_when_the_diagnostic_set_is_a_whole_small_test_
     g_chart = next(c for c in CHARTS if c.key == "g_L")
     digits = AuditState(tmp_path, load_config(None, ["dataset=digits"]))
     assert digits.diagnostic_n == 360
-    assert chart_data(g_chart, digits, None)[2] == "diagnostic set n = 360 (whole test split), floor set for 1024"
+    assert chart_data(g_chart, digits, None)[2] == "diagnostic n = 360, floor set for 1024"
     assert chart_data(g_chart, AuditState(tmp_path, load_config(None, TINY)), None)[2] == ""
 
 
