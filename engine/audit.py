@@ -10,7 +10,7 @@ import dataclasses
 from datetime import datetime
 from pathlib import Path
 
-from .config import AuditConfig, validate
+from .config import AuditConfig, config_changes, validate
 from .errors import StoreError
 from .fmt import pct
 from .plan import RunSpec, baseline_run, identity_mismatch, make_header, parse_run_id, plan_runs
@@ -195,6 +195,11 @@ class Audit:
                                     "records are lost")
             return log
         log = read_run(path, self.cfg.thresholds)
+        if log.header is not None and (changes := config_changes(log.header.config, self.cfg.dump())):
+            # resume refuses these edits; a report read from the files must not pass them silently
+            listed = "; ".join(f"{k}: {was!r} when it trained, {now!r} in config.yaml" for k, was, now in changes)
+            log.problems.append(f"config.yaml no longer says what this run trained under ({listed}): the report's "
+                                "settings are config.yaml's, the run's numbers are not")
         if log.header is None and log.has_lines:
             # records without a readable header (deleted, or torn by a crash): report the run,
             # never leave it out, with the header its name and the audit's config give it

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .audit import Audit
-from .config import KeepCheckpoints
+from .config import UNCOMPARED, KeepCheckpoints, config_changes  # noqa: F401  (re-exported)
 from .errors import StoreError
 from .plan import RunSpec, identity_mismatch
 from .records import SCHEMA_VERSION, Epoch
@@ -109,45 +109,6 @@ def check_owner(state: dict[str, Any], path, spec: RunSpec) -> None:
     if state.get("run_id") != spec.run_id:
         raise StoreError(f"checkpoint {path} belongs to another run ({state.get('run_id')!r}), not {spec.run_id!r}",
                          "move the foreign checkpoint away (the run then restarts from scratch)")
-
-
-# config keys that change neither what a run trains nor what its records measure: an audit
-# resumes after they are edited. Where and how fast it trains (device, workers, threads),
-# its labels (name, description), where the data comes from (data_dir, download: archives are
-# checksummed), the plan (methods, seeds, penalties, penalty_methods: which runs exist, not how
-# one trains; baselines are looked up again on reading) and the thresholds (fired, degenerate
-# and (d) are derived again from the measurements under the audit's thresholds on reading).
-# Where it runs (executor, slurm) and whether a finished identical run may be reused (reuse)
-# do not change what a run's training is either, nor which epochs also keep a copy of their
-# checkpoint (keep_checkpoints). Every other key (and any key added later) is compared.
-# data_path: the file may move; data_sha256, compared, pins what it holds
-UNCOMPARED = frozenset({"name", "description", "device", "workers", "threads", "data_dir", "download", "data_path",
-                        "methods", "seeds", "penalties", "penalty_methods", "thresholds", "executor", "slurm",
-                        "reuse", "keep_checkpoints"})
-
-
-def config_changes(trained: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(dotted key, value trained under, value now) for each compared key that differs.
-
-    The one comparison of a run's config (its header's, its checkpoint's) with config.yaml.
-    A key only one side has is skipped: a config written before the key existed (a header
-    without a config has nothing to compare), or after.
-    """
-    out: list[tuple[str, Any, Any]] = []
-
-    def walk(old: dict[str, Any], new: dict[str, Any], prefix: str) -> None:
-        for key, was in old.items():
-            if key not in new or (not prefix and key in UNCOMPARED):
-                continue
-            now = new[key]
-            if isinstance(was, dict) and isinstance(now, dict):
-                walk(was, now, f"{prefix}{key}.")
-            elif was != now:
-                out.append((f"{prefix}{key}", was, now))
-
-    if isinstance(trained, dict) and isinstance(current, dict):
-        walk(trained, current, "")
-    return out
 
 
 def _show(value: Any) -> str:

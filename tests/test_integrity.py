@@ -300,3 +300,19 @@ def test_a_frozen_accuracy_edited_after_training_is_reported_where_it_changes_a_
     res = cli.invoke(app, ["export", str(fixture_audit.path)])
     assert res.exit_code == 0 and "edited after training" in res.stderr
 
+
+def test_a_training_key_edited_in_config_yaml_after_training_is_reported(new_audit):
+    """resume refuses the edit; export reads on, but says the settings it prints are not the
+    ones the runs trained under."""
+    from tests.conftest import train
+
+    audit = new_audit("methods=[bp]", "epochs=1")
+    assert train(audit) == {"bp-s42": "finished"}
+    cfg = audit.path / "config.yaml"
+    text = cfg.read_text()
+    assert "\nlr: 0.002\n" in text
+    cfg.write_text(text.replace("\nlr: 0.002\n", "\nlr: 0.5\n"))
+    (run,) = export_json(Audit.open(audit.path))["runs"]
+    assert any("lr: 0.002 when it trained, 0.5 in config.yaml" in p for p in run["problems"]), run["problems"]
+    res = cli.invoke(app, ["export", str(audit.path)])
+    assert res.exit_code == 0 and "config.yaml no longer says what this run trained under" in res.stderr
