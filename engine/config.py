@@ -428,10 +428,12 @@ UNCOMPARED = frozenset({"name", "description", "device", "workers", "threads", "
                         "reuse", "keep_checkpoints"})
 
 
-def config_changes(trained: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+def config_changes(trained: dict[str, Any], current: dict[str, Any],
+                   skip: frozenset[str] = UNCOMPARED) -> list[tuple[str, Any, Any]]:
     """(dotted key, value trained under, value now) for each compared key that differs.
 
-    The one comparison of a run's config (its header's, its checkpoint's) with config.yaml.
+    The one comparison of a run's config (its header's, its checkpoint's) with config.yaml;
+    ``skip``: the top-level keys left out (``settings_differ`` leaves out fewer).
     A key only one side has is skipped: a config written before the key existed (a header
     without a config has nothing to compare), or after.
     """
@@ -439,7 +441,7 @@ def config_changes(trained: dict[str, Any], current: dict[str, Any]) -> list[tup
 
     def walk(old: dict[str, Any], new: dict[str, Any], prefix: str) -> None:
         for key, was in old.items():
-            if key not in new or (not prefix and key in UNCOMPARED):
+            if key not in new or (not prefix and key in skip):
                 continue
             now = new[key]
             if isinstance(was, dict) and isinstance(now, dict):
@@ -459,8 +461,7 @@ EXECUTION_KEYS = frozenset({"workers", "threads", "executor", "slurm", "reuse", 
 def settings_differ(a: AuditConfig, b: AuditConfig) -> list[str]:
     """The top-level keys whose values differ between two audits' configs, ``EXECUTION_KEYS`` aside:
     an audit offered for resuming must train what was asked for."""
-    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
-    return sorted(k for k in da.keys() | db.keys() if k not in EXECUTION_KEYS and da.get(k) != db.get(k))
+    return sorted({key.split(".")[0] for key, _, _ in config_changes(a.dump(), b.dump(), skip=EXECUTION_KEYS)})
 
 
 def validate(data: dict[str, Any], source: str = "preset") -> AuditConfig:
