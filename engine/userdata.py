@@ -223,6 +223,9 @@ def load_npz(path: str | Path, expected_sha256: str | None = None) -> NpzArrays:
     row = x_train.shape[1]
     if given_shape is not None:
         c, h, w = _int_array(given_shape, "image_shape", path, 3)
+        if min(c, h, w) < 1:
+            raise _err(path, f"image_shape ({c}, {h}, {w}) has a dimension below 1: channels, height and width "
+                       "must each be at least 1", "save image_shape as (C, H, W), e.g. (1, 8, 8), or leave it out")
         if min(c, h, w) < 1 or c * h * w != row:
             raise _err(path, f"image_shape ({c}, {h}, {w}) has {c * h * w:,} values but the rows of 'x_train' "
                        f"have {row:,}", "give image_shape as (C, H, W) with C·H·W equal to the row length, or "
@@ -294,6 +297,8 @@ def npz_dims(path: str | Path | None) -> tuple[int, int, int, int] | None:
                 classes = int(np.asarray(z["n_classes"]).reshape(-1)[0])
             else:
                 classes = max(int(np.max(z["y_train"])), int(np.max(z["y_test"]))) + 1
+        if not 2 <= classes <= MAX_CLASSES:
+            return None  # a label or n_classes out of range: load_npz names it, not a memory estimate
         return math.prod(xtr[1:]), classes, xtr[0], xte[0]
     except Exception:  # noqa: BLE001 - any unreadable file: the loader names what is wrong with it
         return None

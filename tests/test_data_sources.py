@@ -265,6 +265,13 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
     case("image_shape", "image_shape (3, 4, 4) has 48 values but the rows of 'x_train' have 16",
          **g, image_shape=np.array([3, 4, 4]))
     case("image_shape_not_3", "array 'image_shape' must be 3 integers", **g, image_shape=np.array([4, 4]))
+    case("image_shape_negative", "image_shape (-1, 4, -4) has a dimension below 1",
+         **g, image_shape=np.array([-1, 4, -4]))
+    huge_label = g["y_train"].copy()
+    huge_label[11] = 10**9
+    # named as a label, not as the memory a 10⁹-class head would take (the size check reads the file first)
+    case("huge_label", "the labels run up to 1,000,000,000: that would make 1,000,000,001 classes",
+         **{**g, "y_train": huge_label})
     case("strings", "array 'x_train' has dtype <U3, not real numbers",
          **{**g, "x_train": np.full((256, 16), "abc")})
     marker = tmp / "PWNED"
@@ -277,7 +284,7 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
 
 BAD = ("missing", "not_npz", "npy", "missing_arrays", "x_1d", "x_5d", "row_lengths", "lengths", "empty",
        "float_labels", "negative", "too_big", "one_class", "nan", "inf", "overflow", "image_shape",
-       "image_shape_not_3", "strings", "pickled")
+       "image_shape_not_3", "image_shape_negative", "huge_label", "strings", "pickled")
 
 
 @pytest.mark.parametrize("case", BAD)
