@@ -36,7 +36,7 @@ from .errors import DataError, StoreError
 from .fmt import DASH, num, pct
 from .plan import RunSpec, make_header
 from .records import _PER_LAYER, VOLATILE, End, Epoch, at_layer, encode
-from .runstore import CHECKPOINT, CONFIG, RECORDS, RunLog
+from .runstore import CHECKPOINT, CONFIG, RECORDS, RunLog, read_run
 from .tables import ColumnGroup, Table, layer_table
 from .trainer import RunParts, diagnostic_set, diagnostic_settings, epoch_record
 from .userdata import short
@@ -247,6 +247,15 @@ def _epoch_of(state: dict[str, Any], path: Path) -> int:
                          "measure another epoch") from None
 
 
+def _recorded_epochs(run_dir: Path) -> int:
+    """The last epoch records.jsonl holds (0: none, or unreadable), for a missing checkpoint's message."""
+    try:
+        log = read_run(run_dir / RECORDS)
+        return log.epochs[-1].epoch if log.epochs else 0
+    except (OSError, StoreError):
+        return 0
+
+
 def choose_checkpoint(run_dir: Path, epoch: int | None) -> tuple[Path, dict[str, Any], bool]:
     """The checkpoint of ``epoch`` (None: the last), loaded: (path, state, kept)."""
     if epoch is not None and epoch in kept_epochs(run_dir):
@@ -263,8 +272,12 @@ def choose_checkpoint(run_dir: Path, epoch: int | None) -> tuple[Path, dict[str,
     if state is not None and (epoch is None or epoch == last):
         return path, state, False
     if epoch is None:
-        raise StoreError(f"run {run_dir.name} has no {CHECKPOINT} ({_kept_listing(run_dir, last)})",
+        recorded = _recorded_epochs(run_dir)
+        raise StoreError(f"run {run_dir.name} has no {CHECKPOINT} ({_kept_listing(run_dir, last)})"
+                         + (f", though its records reach epoch {recorded}: it was deleted or moved" if recorded
+                            else ""),
                          "measure a kept epoch with --epoch N" if kept_epochs(run_dir) else
+                         f"put {CHECKPOINT} back where training wrote it, or train the run again" if recorded else
                          "the run has not finished an epoch yet: train it first")
     listing = _kept_listing(run_dir, last)
     raise StoreError(f"run {run_dir.name} kept no checkpoint of epoch {epoch} ({listing})",

@@ -152,6 +152,17 @@ def test_an_epoch_that_was_not_kept_is_refused_listing_the_kept_ones(trained):
     _refused(cli.invoke(app, ["measure", str(trained.path)]), "is an audit directory, not one of its runs")
 
 
+def test_a_deleted_last_checkpoint_is_named_as_deleted_not_as_a_run_still_untrained(copy):
+    (copy.path / "dfa-s42" / "checkpoint.pt").unlink()
+    res = cli.invoke(app, ["measure", str(copy.path / "dfa-s42")])
+    _refused(res, "run dfa-s42 has no checkpoint.pt", "though its records reach epoch 3: it was deleted or moved",
+             "measure a kept epoch with --epoch N")
+    assert "train it first" not in res.output
+    shutil.rmtree(copy.path / "dfa-s42" / "checkpoints")
+    res = cli.invoke(app, ["measure", str(copy.path / "dfa-s42")])
+    _refused(res, "though its records reach epoch 3", "put checkpoint.pt back where training wrote it")
+
+
 def test_a_checkpoint_of_another_run_is_refused(copy):
     dfa = copy.path / "dfa-s42"
     shutil.copyfile(kept_path(copy.path / "fa-s42", 1), kept_path(dfa, 1))
