@@ -28,6 +28,7 @@ from engine.runstore import atomic_write_bytes
 
 from .charts import ChartGrid, Legend
 from .dialogs import (
+    AlertsScreen,
     DetachedQuitDialog,
     ErrorScreen,
     HelpScreen,
@@ -63,6 +64,8 @@ class FaevalApp(LiveMixin, App[None]):
         Binding("g", "toggle_grid", "Grid", tooltip="the four charts as a 2×2 grid or one at a time"),
         Binding("h", "toggle_growth", "Growth", show=False,
                 tooltip="first chart: ‖h_L‖ or growth max ‖h_l‖/‖h_l−1‖, the value (a) fires on"),
+        Binding("a", "alerts", "Alerts", show=False,
+                tooltip="every walk-back alert in full (the log cuts what each means to a line); or click the log"),
         Binding("question_mark", "help", "Help", tooltip="this screen"),
         Binding("s", "stop_training", "Stop", show=False,
                 tooltip="stop the process training this audit (each run keeps its checkpoint; resume continues)"),
@@ -149,7 +152,7 @@ class FaevalApp(LiveMixin, App[None]):
             for alert in st.alerts[self._alerts_shown:]:
                 log.add(alert)
             self._alerts_shown = len(st.alerts)
-            log.border_title = f"walk-back alerts ({len(st.alerts)})"
+            log.border_title = f"walk-back alerts ({len(st.alerts)}) · a: in full"
         if st.version != seen_version or self.selected != seen_sel:
             self.query_one(Legend).update_from(st, self.selected)
         if st.epoch_version != seen_epochs or self.selected != seen_sel:
@@ -210,6 +213,9 @@ class FaevalApp(LiveMixin, App[None]):
             self.notify("no run selected", severity="warning")
             return
         self.push_screen(InspectorScreen(self.selected))
+
+    def action_alerts(self) -> None:
+        self.push_screen(AlertsScreen(list(self.state.alerts)))
 
     def action_toggle_growth(self) -> None:
         self.notify(f"first chart: {self.query_one(ChartGrid).toggle_growth()}", timeout=2)
@@ -328,16 +334,18 @@ class FaevalApp(LiveMixin, App[None]):
 
     async def action_quit(self) -> None:
         if self.live_feed is None and self.watching is None and self.audit is not None and self.trainer_live():
-            active = self.state.active()
-            queued = sum(v.status(True) == "queued" for v in active)
-            self.push_screen(DetachedQuitDialog(len(active) - queued, queued), callback=self._detached_answer)
+            self.push_screen(DetachedQuitDialog(self._active_counts), callback=self._detached_answer)
             return
-        active = self.state.active() if self.live_feed is not None and self.state.live else []
-        if active:
-            queued = sum(v.status(True) == "queued" for v in active)
-            self.push_screen(QuitDialog(len(active) - queued, queued), callback=self._quit_answer)
+        if self.live_feed is not None and self.state.live and self.state.active():
+            self.push_screen(QuitDialog(self._active_counts), callback=self._quit_answer)
         else:
             await self.shutdown()
+
+    def _active_counts(self) -> tuple[int, int]:
+        """(training, queued) among the runs not yet ended, counted now."""
+        active = self.state.active()
+        queued = sum(v.status(True) == "queued" for v in active)
+        return len(active) - queued, queued
 
     async def _detached_answer(self, answer: str | None) -> None:
         if answer == "leave":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.table import Table
@@ -94,17 +95,58 @@ class HelpScreen(ModalScreen[None]):
                 yield Static(table, id="keys" if i == 0 else None)
 
 
-class QuitDialog(ModalScreen[bool]):
-    BINDINGS = [("y", "answer(True)", "Stop and quit"), ("n,escape", "answer(False)", "Cancel")]
+class _CountingDialog:
+    """A quit dialog's title counts the runs still training and queued, re-counted while it is
+    open (a run that ends under the dialog is not still reported training)."""
 
-    def __init__(self, training: int, queued: int) -> None:
+    TAIL = ""
+
+    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+        super().__init__()  # type: ignore[call-arg]
+        self.counts = counts
+
+    def title_text(self) -> str:
+        training, queued = self.counts()
+        return f"{training} run(s) training, {queued} queued{self.TAIL}"
+
+    def on_mount(self) -> None:
+        self.set_interval(0.5, self._recount)  # type: ignore[attr-defined]
+
+    def _recount(self) -> None:
+        self.query_one("#quit-title", Label).update(self.title_text())  # type: ignore[attr-defined]
+
+
+class AlertsScreen(ModalScreen[None]):
+    """Every walk-back alert in full: the log under the charts cuts what each means to a
+    line, so this is where it is read whole (key a, or a click on the log)."""
+
+    BINDINGS = [("escape,a,q", "dismiss", "Close")]
+
+    def __init__(self, alerts: list) -> None:
         super().__init__()
-        self.training, self.queued = training, queued
+        self.alerts = alerts
+
+    def compose(self) -> ComposeResult:
+        body = Text()
+        for alert in self.alerts:
+            diag = DIAGNOSTICS[alert.diagnostic]
+            body.append(f"epoch {alert.epoch}  {alert.run_id}\n", style="bold")
+            body.append(f"{alert.headline}.\n")
+            body.append(f"{diag.name}. Walk back: {alert.meaning}.\n\n", style="dim")
+        if not self.alerts:
+            body.append("No walk-back alert so far.")
+        with VerticalScroll(id="dialog"):
+            yield Label(f"walk-back alerts ({len(self.alerts)}), oldest first  (esc closes)", classes="title")
+            yield Static(body, id="alerts-full")
+
+
+class QuitDialog(_CountingDialog, ModalScreen[bool]):
+    BINDINGS = [("y", "answer(True)", "Stop and quit"), ("n,escape", "answer(False)", "Cancel")]
+    TAIL = ". Stop them and quit?"
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(f"{self.training} run(s) training, {self.queued} queued. Stop them and quit?",
-                        classes="title")
+            yield Label(self.title_text(), classes="title", id="quit-title")
             yield Static("Each stopped run keeps its last checkpoint; launching again with the same preset "
                          "and --runs-dir offers to resume them.")
             with Horizontal(classes="buttons"):
@@ -118,20 +160,16 @@ class QuitDialog(ModalScreen[bool]):
         self.dismiss(event.button.id == "yes")
 
 
-class DetachedQuitDialog(ModalScreen["str | None"]):
+class DetachedQuitDialog(_CountingDialog, ModalScreen["str | None"]):
     """Quitting while the audit's own trainer process runs: stop it, or leave it training."""
 
     BINDINGS = [("s", "answer('stop')", "Stop training and quit"), ("l", "answer('leave')", "Leave it training"),
                 ("escape,n", "answer(None)", "Cancel")]
-
-    def __init__(self, training: int, queued: int) -> None:
-        super().__init__()
-        self.training, self.queued = training, queued
+    TAIL = ", in a process of their own."
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(f"{self.training} run(s) training, {self.queued} queued, in a process of their own.",
-                        classes="title")
+            yield Label(self.title_text(), classes="title", id="quit-title")
             yield Static("s stops them (each keeps its last checkpoint) and quits; l quits and leaves them "
                          "training: open the console with the same preset, or faeval-tui watch DIR, to follow "
                          "and steer them again; esc cancels.")
@@ -196,6 +234,25 @@ def parse_penalties(text: str) -> list[float]:
     return out
 
 
+class MarkedSelectionList(SelectionList):
+    """A SelectionList whose chosen entries also read "✓" in their text: Textual's box tells
+    them apart by colour only, which a monochrome terminal, a colour-blind user or a
+    screen capture loses."""
+
+    def __init__(self, *choices: tuple[str, object, bool], **kwargs) -> None:
+        self.labels = [label for label, _, _ in choices]
+        super().__init__(*[(self._marked(label, on), value, on) for label, value, on in choices], **kwargs)
+
+    @staticmethod
+    def _marked(label: str, on: bool) -> str:
+        return f"{'✓' if on else ' '} {label}"
+
+    def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
+        chosen = set(self.selected)
+        for i, label in enumerate(self.labels):
+            self.replace_option_prompt_at_index(i, self._marked(label, self.get_option_at_index(i).value in chosen))
+
+
 class RerunDialog(ModalScreen[RerunRequest | None]):
     """Choose λ (the standard sweep or typed) and seeds for penalty reruns of a run."""
 
@@ -208,10 +265,9 @@ class RerunDialog(ModalScreen[RerunRequest | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Label(f"Penalty reruns of {self.run_id}: {self.method} + λ·Σ‖f_l‖²", classes="title")
-            yield SelectionList[float](*[(f"λ = {lam:g}", lam, lam == 1e-3) for lam in STANDARD_PENALTIES],
-                                       id="lams")
+            yield MarkedSelectionList(*[(f"λ = {lam:g}", lam, lam == 1e-3) for lam in STANDARD_PENALTIES], id="lams")
             yield Input(placeholder="or type λ values, e.g. 3e-3 5e-2", id="typed")
-            yield SelectionList[int](*[(f"seed {s}", s, s == self.seed) for s in self.seeds], id="seeds")
+            yield MarkedSelectionList(*[(f"seed {s}", s, s == self.seed) for s in self.seeds], id="seeds")
             yield Static("", id="problem")
             yield Static("space toggles · tab next · ctrl+s (or enter in the λ field) starts · esc cancels",
                          classes="hint")

@@ -203,6 +203,15 @@ class InspectorScreen(Screen):
         view = self.state.runs.get(self.run_id)
         return len(view.log.epochs) if view else 0
 
+    def _index_of(self, epoch: int) -> int | None:
+        """This run's list index of ``epoch``, or of the latest epoch before it; None (follow
+        the newest) when that is this run's newest."""
+        view = self.state.runs.get(self.run_id)
+        epochs = [r.epoch for r in view.log.epochs] if view else []
+        before = [i for i, e in enumerate(epochs) if e <= epoch]
+        i = before[-1] if before else 0
+        return None if not epochs or i == len(epochs) - 1 else i
+
     def action_epoch(self, step: int) -> None:
         n = self._epochs()
         if n:
@@ -218,7 +227,11 @@ class InspectorScreen(Screen):
     def action_run(self, step: int) -> None:
         ids = [v.run_id for v in self.state.ordered()]
         if self.run_id in ids:
+            view = self.state.runs.get(self.run_id)
+            # stepped back to an epoch: the next run opens at the same epoch (or its nearest), to compare them
+            shown = (view.log.epochs[min(self.index, len(view.log.epochs) - 1)].epoch
+                     if self.index is not None and view and view.log.epochs else None)
             self.run_id = ids[(ids.index(self.run_id) + step) % len(ids)]
-            self.index = None
+            self.index = None if shown is None else self._index_of(shown)
             self.app.select_run(self.run_id)  # type: ignore[attr-defined]
             self.refresh_data()

@@ -129,6 +129,9 @@ class AlertLog(RichLog):
         meaning = f"     {diag.name}: {alert.meaning}."
         self.write(Text(meaning if len(meaning) <= width else meaning[:width - 1] + "…", style="dim"))
 
+    def on_click(self) -> None:
+        self.app.action_alerts()  # type: ignore[attr-defined]  # each alert in full
+
     def on_resize(self) -> None:
         if self.shown:
             self.clear()

@@ -171,6 +171,34 @@ async def test_inspector_marks_degenerate_values_and_steps_epochs(tmp_path: Path
         assert "n/m" in _plain(app.screen.query_one("#alignment", Static))  # ρ not measured that epoch
         await pilot.press("right_square_bracket")  # next run: the penalty rerun
         assert app.screen.run_id == "dfa-lam0.01-s42" and app.selected == "dfa-lam0.01-s42"
+        assert "epoch 3/5" in text("#summary")  # epoch 4 asked for; the rerun's latest is 3
+        await pilot.press("home", "left_square_bracket")  # epoch 1 of the rerun, then back to its parent
+        assert app.screen.run_id == "dfa-s42" and "epoch 1/5" in text("#summary")  # the same epoch, compared
+        await pilot.press("end", "right_square_bracket")
+        assert "epoch 3/5" in text("#summary")  # following the newest stays following
+
+
+@pytest.mark.asyncio
+async def test_a_and_a_click_on_the_log_show_every_alert_uncut(tmp_path: Path) -> None:
+    from faeval_tui.dialogs import AlertsScreen
+    from faeval_tui.runlist import AlertLog
+
+    app = FaevalApp(watch=Audit.open(write_fixture_audit(tmp_path / "a")), bell=False, poll_s=3600)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: len(app.state.alerts) > 0)
+        assert app.query_one(AlertLog).border_title.endswith("· a: in full")
+        await pilot.press("a")
+        await pilot.pause()
+        assert isinstance(app.screen, AlertsScreen)
+        full = _plain(app.screen.query_one("#alerts-full", Static))
+        for alert in app.state.alerts:  # each headline and meaning whole, however narrow the log is
+            assert alert.headline in " ".join(full.split()) and alert.meaning in " ".join(full.split())
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, AlertsScreen)
+        await pilot.click(AlertLog)
+        await pilot.pause()
+        assert isinstance(app.screen, AlertsScreen)
 
 
 def _plain(widget: Static) -> str:
@@ -287,6 +315,57 @@ async def test_watch_follows_an_audit_another_process_trains(tmp_path: Path) -> 
         proc.kill() if proc.poll() is None else None
         proc.wait()
     assert proc.returncode == 0
+
+
+@pytest.mark.asyncio
+async def test_the_quit_dialogs_count_the_runs_again_while_they_are_open() -> None:
+    from textual.app import App
+    from textual.widgets import Label
+
+    from faeval_tui.dialogs import DetachedQuitDialog
+
+    counts = [(2, 1)]
+    for dialog, tail in ((QuitDialog, ". Stop them and quit?"), (DetachedQuitDialog, ", in a process of their own.")):
+        counts[0] = (2, 1)
+        app = App()
+        async with app.run_test(size=(80, 24)) as pilot:
+            app.push_screen(dialog(lambda: counts[0]))
+            await pilot.pause()
+            title = app.screen.query_one("#quit-title", Label)
+            assert str(title.render()) == "2 run(s) training, 1 queued" + tail
+            counts[0] = (1, 0)  # one run ended and the queued one started while the dialog was open
+            for _ in range(50):  # re-counted every 0.5 s
+                if str(title.render()) == "1 run(s) training, 0 queued" + tail:
+                    break
+                await pilot.pause(0.1)
+            assert str(title.render()) == "1 run(s) training, 0 queued" + tail
+
+
+@pytest.mark.asyncio
+async def test_the_rerun_dialogs_chosen_lambdas_and_seeds_read_as_chosen_without_colour() -> None:
+    from textual.app import App
+    from textual.widgets import SelectionList
+
+    def texts(widget: SelectionList) -> list[str]:
+        return [str(widget.get_option_at_index(i).prompt) for i in range(widget.option_count)]
+
+    app = App()
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.push_screen(RerunDialog("dfa-s42", "dfa", 42, [42, 123]))
+        await pilot.pause()
+        lams, seeds = app.screen.query_one("#lams", SelectionList), app.screen.query_one("#seeds", SelectionList)
+        assert texts(lams)[:3] == ["  λ = 0.0001", "✓ λ = 0.001", "  λ = 0.01"]
+        assert texts(seeds) == ["✓ seed 42", "  seed 123"]
+        lams.focus()
+        lams.highlighted = 0
+        await pilot.press("space")  # choose λ = 1e-4
+        await pilot.pause()
+        assert texts(lams)[:2] == ["✓ λ = 0.0001", "✓ λ = 0.001"]
+        assert sorted(lams.selected) == [1e-4, 1e-3]
+        lams.highlighted = 1
+        await pilot.press("space")  # and drop 1e-3
+        await pilot.pause()
+        assert texts(lams)[:2] == ["✓ λ = 0.0001", "  λ = 0.001"] and lams.selected == [1e-4]
 
 
 @pytest.mark.asyncio
