@@ -496,6 +496,11 @@ def resolve_preset_path(preset: str | None) -> Path | Traversable:
     name = preset or DEFAULT_PRESET
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            audit = (path / "config.yaml").is_file()
+            raise ConfigError(f"preset {path} is {'an audit directory' if audit else 'a directory'}, not a preset file",
+                              f"to continue that audit: faeval-tui resume {path}; to follow it: faeval-tui watch "
+                              f"{path}" if audit else "give a shipped preset name or a YAML file's path")
         if not path.is_file():
             raise ConfigError(f"preset file {path} does not exist", "give a shipped preset name or a YAML path")
         return path
@@ -551,6 +556,11 @@ def load_config(preset: str | None = None, sets: list[str] | None = None) -> Aud
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"preset {path} must be a mapping of keys to values", "write `key: value` lines")
+    if "schema" in data:  # what runstore.write_config puts first in an audit's config.yaml, and no preset has
+        raise ConfigError(f"preset {path} is an audit's config.yaml (it has a schema line), not a preset",
+                          f"to continue that audit: faeval-tui resume {Path(str(path)).parent}; to start a new "
+                          "audit with its settings, copy the file, delete its schema line and pass the copy "
+                          "as --preset")
     data = apply_sets(data, sets or [])
     source = str(path) + (" with --set " + " ".join(s[:80] for s in sets) if sets else "")
     cfg = validate(data, source)

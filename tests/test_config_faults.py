@@ -294,3 +294,22 @@ def app_():
     from faeval_tui.cli import app
 
     return app
+
+
+def test_an_audits_directory_or_config_yaml_given_as_a_preset_is_named_as_such(tmp_path):
+    from engine.runstore import write_config
+
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    write_config(audit, load_config(None, ["epochs=2"]).dump())
+    message = refused(str(audit / "config.yaml"))
+    assert "is an audit's config.yaml (it has a schema line), not a preset" in message
+    assert f"faeval-tui resume {audit}" in message and "unknown key" not in message
+    message = refused(str(audit))
+    assert "is an audit directory, not a preset file" in message and f"faeval-tui watch {audit}" in message
+    assert "does not exist" not in message
+    assert "is a directory, not a preset file" in refused(str(tmp_path / "audit" / ".." ))
+    # the same settings without the schema line load as a preset
+    copy = write(tmp_path, "".join(line for line in (audit / "config.yaml").read_text().splitlines(True)
+                                   if not line.startswith("schema:")), "copy.yaml")
+    assert load_config(str(copy)).epochs == 2
