@@ -226,7 +226,7 @@ def load_npz(path: str | Path, expected_sha256: str | None = None) -> NpzArrays:
         if min(c, h, w) < 1:
             raise _err(path, f"image_shape ({c}, {h}, {w}) has a dimension below 1: channels, height and width "
                        "must each be at least 1", "save image_shape as (C, H, W), e.g. (1, 8, 8), or leave it out")
-        if min(c, h, w) < 1 or c * h * w != row:
+        if c * h * w != row:
             raise _err(path, f"image_shape ({c}, {h}, {w}) has {c * h * w:,} values but the rows of 'x_train' "
                        f"have {row:,}", "give image_shape as (C, H, W) with C·H·W equal to the row length, or "
                        "leave it out")
